@@ -1,0 +1,5 @@
+//! The CNI plugin binary: `/opt/cni/bin/ohno`.
+
+fn main() {
+    std::process::exit(ohno::commands::main());
+}

@@ -1,0 +1,687 @@
+//! The network configuration on stdin: parsed, defaulted and validated before any
+//! side effect. Errors name the field (`ipam.pools[0].subnet`) and carry code 7
+//! (or 1 for the version, 6 for JSON that does not decode).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::env::validate_ifname;
+use super::version;
+use crate::error::{Error, Result};
+use crate::ipam::cidr::Cidr;
+
+/// Default bridge name.
+pub const DEFAULT_BRIDGE: &str = "ohno0";
+/// Default log file.
+pub const DEFAULT_LOG_FILE: &str = "/var/log/ohno.log";
+/// Default directory of the embedded local store.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/ohno";
+/// Default key prefix in the store.
+pub const DEFAULT_PREFIX: &str = "/ohno";
+
+/// The config as it arrives on stdin. Unknown fields are ignored (runtimes add their own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawNetConf {
+    cni_version: Option<String>,
+    cni_versions: Option<Vec<String>>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    bridge: Option<String>,
+    mtu: Option<u32>,
+    is_default_gateway: Option<bool>,
+    ip_masq: Option<bool>,
+    hairpin_mode: Option<bool>,
+    promisc_mode: Option<bool>,
+    node: Option<String>,
+    log_file: Option<String>,
+    log_level: Option<String>,
+    ipam: Option<RawIpam>,
+    dns: Option<Value>,
+    runtime_config: Option<RawRuntimeConfig>,
+    args: Option<Value>,
+    prev_result: Option<Value>,
+    policy: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<GcAttachment>>,
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Vec<GcAttachment>>,
+}
+
+/// One entry of GC's `cni.dev/valid-attachments`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+pub struct GcAttachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawIpam {
+    #[serde(rename = "type")]
+    ipam_type: Option<String>,
+    #[serde(default)]
+    pools: Vec<RawPool>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPool {
+    name: Option<String>,
+    subnet: Option<String>,
+    block_size: Option<u8>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    range_start: Option<String>,
+    range_end: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct RawRoute {
+    dst: Option<String>,
+    gw: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawStore {
+    #[serde(rename = "type")]
+    store_type: Option<String>,
+    data_dir: Option<String>,
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct RawRuntimeConfig {
+    #[serde(default)]
+    ips: Vec<String>,
+    mac: Option<String>,
+    #[serde(rename = "io.kubernetes.cri.pod-annotations", default)]
+    pod_annotations: BTreeMap<String, String>,
+}
+
+/// A validated pool definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConf {
+    pub name: String,
+    pub subnet: Cidr,
+    /// Prefix length of each block.
+    pub block_size: u8,
+    pub exclude: Vec<Cidr>,
+    pub range_start: Option<IpAddr>,
+    pub range_end: Option<IpAddr>,
+}
+
+/// A route to install in the pod; `gw` defaults to the gateway of the pod's block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConf {
+    pub dst: Cidr,
+    pub gw: Option<IpAddr>,
+}
+
+/// Which store backend holds the allocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConf {
+    /// The embedded single-node store (SQLite) under `data_dir`.
+    Local { data_dir: PathBuf, prefix: String },
+}
+
+impl StoreConf {
+    pub fn prefix(&self) -> &str {
+        match self {
+            StoreConf::Local { prefix, .. } => prefix,
+        }
+    }
+}
+
+/// The IPAM section.
+#[derive(Debug, Clone)]
+pub struct IpamConf {
+    pub pools: Vec<PoolConf>,
+    pub routes: Vec<RouteConf>,
+    pub store: StoreConf,
+}
+
+/// Addresses and MAC the runtime asked for (capabilities and args).
+#[derive(Debug, Clone, Default)]
+pub struct Requests {
+    /// From `runtimeConfig.ips`, `args.cni.ips` and CNI_ARGS `IP`, deduplicated.
+    pub ips: Vec<IpAddr>,
+    pub mac: Option<[u8; 6]>,
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// The validated network configuration of one invocation.
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    /// The version this invocation speaks (request version, result version).
+    pub cni_version: String,
+    pub name: String,
+    pub plugin_type: String,
+    pub bridge: String,
+    pub mtu: Option<u32>,
+    pub is_default_gateway: bool,
+    pub ip_masq: bool,
+    pub hairpin_mode: bool,
+    pub promisc_mode: bool,
+    pub node: String,
+    pub log_file: PathBuf,
+    pub log_level: log::LevelFilter,
+    pub ipam: IpamConf,
+    pub dns: Option<Value>,
+    pub requests: Requests,
+    pub prev_result: Option<Value>,
+    /// The `policy` section, kept for the policy host (issue 4); unused by the default policy.
+    pub policy: Option<Value>,
+    /// GC: the attachments the runtime still uses (`cni.dev/valid-attachments`, or
+    /// the older `cni.dev/attachments`).
+    pub valid_attachments: Option<Vec<GcAttachment>>,
+}
+
+/// Just enough of the config to answer in the right version even when the rest is
+/// invalid: used for error documents.
+pub fn peek_version(stdin: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Peek {
+        cni_version: Option<String>,
+    }
+    serde_json::from_slice::<Peek>(stdin).ok()?.cni_version
+}
+
+impl NetConf {
+    /// Parse and validate stdin. `env_ips` are the `IP=` addresses from CNI_ARGS.
+    pub fn parse(stdin: &[u8], env_ips: &[IpAddr]) -> Result<NetConf> {
+        let raw: RawNetConf = serde_json::from_slice(stdin).map_err(|e| Error::Decode {
+            what: "network config".into(),
+            msg: e.to_string(),
+        })?;
+        let cni_version = version::negotiate(raw.cni_version.as_deref(), raw.cni_versions.as_deref())?;
+        let name = raw.name.clone().ok_or_else(|| Error::config("name", "missing"))?;
+        validate_network_name(&name)?;
+        let plugin_type = raw.plugin_type.clone().ok_or_else(|| Error::config("type", "missing"))?;
+        let bridge = raw.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        validate_ifname(&bridge).map_err(|m| Error::config("bridge", m))?;
+        if let Some(mtu) = raw.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return Err(Error::config("mtu", format!("{mtu} is outside 68..=65535")));
+            }
+        }
+        let log_level = match raw.log_level.as_deref().unwrap_or("info") {
+            "error" => log::LevelFilter::Error,
+            "warn" | "warning" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            "off" | "none" => log::LevelFilter::Off,
+            other => {
+                return Err(Error::config(
+                    "logLevel",
+                    format!("{other:?} is not one of error, warn, info, debug, trace, off"),
+                ))
+            }
+        };
+        let node = match raw.node.clone().filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => default_node_name()?,
+        };
+        validate_key_segment("node", &node)?;
+        let ipam = parse_ipam(raw.ipam.as_ref())?;
+        let requests = parse_requests(&raw, env_ips)?;
+        Ok(NetConf {
+            cni_version,
+            name,
+            plugin_type,
+            bridge,
+            mtu: raw.mtu,
+            is_default_gateway: raw.is_default_gateway.unwrap_or(true),
+            ip_masq: raw.ip_masq.unwrap_or(false),
+            hairpin_mode: raw.hairpin_mode.unwrap_or(false),
+            promisc_mode: raw.promisc_mode.unwrap_or(false),
+            node,
+            log_file: PathBuf::from(raw.log_file.as_deref().unwrap_or(DEFAULT_LOG_FILE)),
+            log_level,
+            ipam,
+            dns: raw.dns,
+            requests,
+            prev_result: raw.prev_result,
+            policy: raw.policy,
+            valid_attachments: raw.valid_attachments.or(raw.attachments),
+        })
+    }
+
+    /// Logging settings, readable even from a config that fails validation later.
+    pub fn peek_logging(stdin: &[u8]) -> (PathBuf, log::LevelFilter) {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Peek {
+            log_file: Option<String>,
+            log_level: Option<String>,
+        }
+        let p = serde_json::from_slice::<Peek>(stdin).ok();
+        let file = p
+            .as_ref()
+            .and_then(|p| p.log_file.clone())
+            .unwrap_or_else(|| DEFAULT_LOG_FILE.to_string());
+        let level = match p.and_then(|p| p.log_level).as_deref() {
+            Some("error") => log::LevelFilter::Error,
+            Some("warn") | Some("warning") => log::LevelFilter::Warn,
+            Some("debug") => log::LevelFilter::Debug,
+            Some("trace") => log::LevelFilter::Trace,
+            Some("off") | Some("none") => log::LevelFilter::Off,
+            _ => log::LevelFilter::Info,
+        };
+        (PathBuf::from(file), level)
+    }
+
+    /// The parsed version (always one of `version::SUPPORTED`).
+    pub fn version(&self) -> version::Version {
+        version::Version::parse(&self.cni_version).unwrap_or(version::Version(1, 1, 0))
+    }
+}
+
+/// `$OHNO_NODE_NAME`, then the hostname.
+fn default_node_name() -> Result<String> {
+    if let Ok(n) = std::env::var("OHNO_NODE_NAME") {
+        if !n.is_empty() {
+            return Ok(n);
+        }
+    }
+    let host = nix::unistd::gethostname()
+        .map_err(|e| Error::io("read hostname for the default node name", e.into()))?;
+    Ok(host.to_string_lossy().into_owned())
+}
+
+fn validate_network_name(name: &str) -> Result<()> {
+    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_rest = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok_first || !ok_rest {
+        return Err(Error::config(
+            "name",
+            format!("{name:?} must start with a letter or digit and contain only letters, digits, '_', '.', '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Names that become one segment of a store key: no '/', not empty, printable.
+fn validate_key_segment(field: &str, v: &str) -> Result<()> {
+    if v.is_empty() || v.len() > 253 || v.contains('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::config(
+            field,
+            format!("{v:?} must be 1-253 printable characters without '/' or whitespace"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_ipam(raw: Option<&RawIpam>) -> Result<IpamConf> {
+    let raw = raw.ok_or_else(|| Error::config("ipam", "missing"))?;
+    match raw.ipam_type.as_deref() {
+        Some("ohno") => {}
+        Some(other) => {
+            return Err(Error::config(
+                "ipam.type",
+                format!("{other:?} is not supported; ohno does its own IPAM (\"type\": \"ohno\")"),
+            ))
+        }
+        None => return Err(Error::config("ipam.type", "missing")),
+    }
+    if raw.pools.is_empty() {
+        return Err(Error::config("ipam.pools", "at least one pool is required"));
+    }
+    let mut pools: Vec<PoolConf> = Vec::with_capacity(raw.pools.len());
+    for (i, p) in raw.pools.iter().enumerate() {
+        let pool = parse_pool(i, p)?;
+        if pools.iter().any(|q| q.name == pool.name) {
+            return Err(Error::config(format!("ipam.pools[{i}].name"), format!("duplicate pool name {:?}", pool.name)));
+        }
+        if let Some(q) = pools.iter().find(|q| q.subnet.overlaps(&pool.subnet)) {
+            return Err(Error::config(
+                format!("ipam.pools[{i}].subnet"),
+                format!("{} overlaps pool {:?} ({})", pool.subnet, q.name, q.subnet),
+            ));
+        }
+        pools.push(pool);
+    }
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.iter().enumerate() {
+        let field = format!("ipam.routes[{i}].dst");
+        let dst = r.dst.as_deref().ok_or_else(|| Error::config(&field, "missing"))?;
+        let dst = Cidr::parse(dst).map_err(|m| Error::config(&field, m))?;
+        let gw = match &r.gw {
+            Some(g) => Some(
+                g.parse::<IpAddr>()
+                    .map_err(|_| Error::config(format!("ipam.routes[{i}].gw"), format!("{g:?} is not an IP address")))?,
+            ),
+            None => None,
+        };
+        if let Some(g) = gw {
+            if g.is_ipv4() != dst.is_ipv4() {
+                return Err(Error::config(format!("ipam.routes[{i}].gw"), "family differs from dst"));
+            }
+        }
+        routes.push(RouteConf { dst, gw });
+    }
+    let store = parse_store(raw.store.as_ref())?;
+    Ok(IpamConf { pools, routes, store })
+}
+
+fn parse_pool(i: usize, p: &RawPool) -> Result<PoolConf> {
+    let f = |name: &str| format!("ipam.pools[{i}].{name}");
+    let name = p.name.clone().unwrap_or_else(|| if i == 0 { "default".into() } else { format!("pool{i}") });
+    if name.is_empty()
+        || name.len() > 63
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(Error::config(f("name"), format!("{name:?} must be 1-63 letters, digits, '_', '.', '-'")));
+    }
+    let subnet_s = p.subnet.as_deref().ok_or_else(|| Error::config(f("subnet"), "missing"))?;
+    let subnet = Cidr::parse(subnet_s).map_err(|m| Error::config(f("subnet"), m))?;
+    if subnet.addr() != subnet.network() {
+        return Err(Error::config(
+            f("subnet"),
+            format!("{subnet_s} has host bits set; did you mean {}/{}?", subnet.network(), subnet.prefix()),
+        ));
+    }
+    let max_block = if subnet.is_ipv4() { 30 } else { 126 };
+    let default_block = if subnet.is_ipv4() { 26 } else { 122 };
+    let block_size = p.block_size.unwrap_or(default_block.max(subnet.prefix()));
+    if block_size < subnet.prefix() || block_size > max_block {
+        return Err(Error::config(
+            f("blockSize"),
+            format!(
+                "/{block_size} does not fit subnet {subnet}: it must be between /{} and /{max_block}",
+                subnet.prefix()
+            ),
+        ));
+    }
+    if !subnet.is_ipv4() && subnet.prefix() < 8 {
+        return Err(Error::config(f("subnet"), "IPv6 pools must be /8 or longer"));
+    }
+    let mut exclude = Vec::with_capacity(p.exclude.len());
+    for (j, e) in p.exclude.iter().enumerate() {
+        let field = format!("ipam.pools[{i}].exclude[{j}]");
+        // A bare address excludes just that address.
+        let c = if e.contains('/') {
+            Cidr::parse(e)
+        } else {
+            e.parse::<IpAddr>()
+                .map(Cidr::host)
+                .map_err(|_| format!("{e:?} is not an address or CIDR"))
+        }
+        .map_err(|m| Error::config(&field, m))?;
+        if !subnet.overlaps(&c) {
+            return Err(Error::config(&field, format!("{c} is outside subnet {subnet}")));
+        }
+        exclude.push(c);
+    }
+    let parse_bound = |v: &Option<String>, name: &str| -> Result<Option<IpAddr>> {
+        match v {
+            None => Ok(None),
+            Some(s) => {
+                let ip = s
+                    .parse::<IpAddr>()
+                    .map_err(|_| Error::config(f(name), format!("{s:?} is not an IP address")))?;
+                if !subnet.contains(ip) {
+                    return Err(Error::config(f(name), format!("{ip} is outside subnet {subnet}")));
+                }
+                Ok(Some(ip))
+            }
+        }
+    };
+    let range_start = parse_bound(&p.range_start, "rangeStart")?;
+    let range_end = parse_bound(&p.range_end, "rangeEnd")?;
+    if let (Some(s), Some(e)) = (range_start, range_end) {
+        if crate::ipam::cidr::to_u128(s) > crate::ipam::cidr::to_u128(e) {
+            return Err(Error::config(f("rangeEnd"), format!("{e} is before rangeStart {s}")));
+        }
+    }
+    Ok(PoolConf {
+        name,
+        subnet,
+        block_size,
+        exclude,
+        range_start,
+        range_end,
+    })
+}
+
+fn parse_store(raw: Option<&RawStore>) -> Result<StoreConf> {
+    let prefix = raw
+        .and_then(|s| s.prefix.clone())
+        .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+    if !prefix.starts_with('/') || prefix.ends_with('/') && prefix.len() > 1 || prefix.contains("//") {
+        return Err(Error::config(
+            "ipam.store.prefix",
+            format!("{prefix:?} must start with '/' and not end with '/'"),
+        ));
+    }
+    match raw.and_then(|s| s.store_type.as_deref()).unwrap_or("local") {
+        "local" => Ok(StoreConf::Local {
+            data_dir: PathBuf::from(raw.and_then(|s| s.data_dir.clone()).unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+            prefix,
+        }),
+        other => Err(Error::config(
+            "ipam.store.type",
+            format!("{other:?} is not a known store (known: local)"),
+        )),
+    }
+}
+
+fn parse_requests(raw: &RawNetConf, env_ips: &[IpAddr]) -> Result<Requests> {
+    let rc = raw.runtime_config.clone().unwrap_or_default();
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut push = |field: &str, s: &str| -> Result<()> {
+        let addr = s.split('/').next().unwrap_or(s);
+        let ip = addr
+            .parse::<IpAddr>()
+            .map_err(|_| Error::config(field, format!("{s:?} is not an IP address")))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+        Ok(())
+    };
+    for s in &rc.ips {
+        push("runtimeConfig.ips", s)?;
+    }
+    if let Some(list) = raw
+        .args
+        .as_ref()
+        .and_then(|a| a.get("cni"))
+        .and_then(|c| c.get("ips"))
+    {
+        let arr = list
+            .as_array()
+            .ok_or_else(|| Error::config("args.cni.ips", "must be a list of addresses"))?;
+        for v in arr {
+            let s = v
+                .as_str()
+                .ok_or_else(|| Error::config("args.cni.ips", "must be a list of strings"))?;
+            push("args.cni.ips", s)?;
+        }
+    }
+    for ip in env_ips {
+        push("CNI_ARGS IP", &ip.to_string())?;
+    }
+    let mac = match rc.mac.as_deref() {
+        None | Some("") => None,
+        Some(m) => Some(parse_mac(m).ok_or_else(|| Error::config("runtimeConfig.mac", format!("{m:?} is not a MAC address")))?),
+    };
+    if let Some(m) = mac {
+        if m[0] & 1 == 1 {
+            return Err(Error::config("runtimeConfig.mac", "a multicast MAC cannot be an interface address"));
+        }
+    }
+    Ok(Requests {
+        ips,
+        mac,
+        pod_annotations: rc.pod_annotations,
+    })
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(out)
+}
+
+/// Format a MAC as lower-case `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(m: &[u8; 6]) -> String {
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(v: Value) -> Result<NetConf> {
+        NetConf::parse(v.to_string().as_bytes(), &[])
+    }
+
+    fn base() -> Value {
+        json!({"cniVersion": "1.1.0", "name": "podnet", "type": "ohno", "node": "n1",
+               "ipam": {"type": "ohno", "pools": [{"name": "default", "subnet": "10.85.0.0/16"}]}})
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let c = conf(base()).unwrap();
+        assert_eq!(c.bridge, "ohno0");
+        assert!(c.is_default_gateway);
+        assert!(!c.ip_masq);
+        assert_eq!(c.ipam.pools[0].block_size, 26);
+        assert_eq!(c.log_file, PathBuf::from("/var/log/ohno.log"));
+        assert_eq!(
+            c.ipam.store,
+            StoreConf::Local { data_dir: PathBuf::from("/var/lib/ohno"), prefix: "/ohno".into() }
+        );
+    }
+
+    #[test]
+    fn ipv6_pool_defaults_to_122_blocks() {
+        let mut v = base();
+        v["ipam"]["pools"] = json!([{"name": "v6", "subnet": "fd00:85::/48"}]);
+        assert_eq!(conf(v).unwrap().ipam.pools[0].block_size, 122);
+    }
+
+    #[test]
+    fn malformed_json_is_code_6() {
+        assert_eq!(NetConf::parse(b"{not json", &[]).unwrap_err().code(), 6);
+    }
+
+    #[test]
+    fn unknown_version_is_code_1() {
+        let mut v = base();
+        v["cniVersion"] = json!("9.9.9");
+        assert_eq!(conf(v).unwrap_err().code(), 1);
+    }
+
+    fn field_error(v: Value) -> String {
+        let e = conf(v).unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn bad_pools_name_the_field() {
+        let mut v = base();
+        v["ipam"]["pools"][0]["subnet"] = json!("10.0.0.0/33");
+        assert!(field_error(v).contains("ipam.pools[0].subnet"));
+        let mut v = base();
+        v["ipam"]["pools"][0]["blockSize"] = json!(8);
+        assert!(field_error(v).contains("ipam.pools[0].blockSize"));
+        let mut v = base();
+        v["ipam"]["pools"][0]["blockSize"] = json!(31);
+        assert!(field_error(v).contains("blockSize"));
+        let mut v = base();
+        v["ipam"]["pools"][0]["subnet"] = json!("10.85.0.1/16");
+        assert!(field_error(v).contains("host bits"));
+        let mut v = base();
+        v["ipam"]["pools"][0]["exclude"] = json!(["192.168.0.0/24"]);
+        assert!(field_error(v).contains("exclude[0]"));
+        let mut v = base();
+        v["ipam"]["pools"][0]["rangeStart"] = json!("10.85.9.0");
+        v["ipam"]["pools"][0]["rangeEnd"] = json!("10.85.1.0");
+        assert!(field_error(v).contains("rangeEnd"));
+        let mut v = base();
+        v["ipam"]["pools"] = json!([{"name": "a", "subnet": "10.85.0.0/16"}, {"name": "b", "subnet": "10.85.1.0/24"}]);
+        assert!(field_error(v).contains("overlaps"));
+        let mut v = base();
+        v["ipam"]["pools"] = json!([]);
+        assert!(field_error(v).contains("ipam.pools"));
+    }
+
+    #[test]
+    fn bad_top_level_fields() {
+        let mut v = base();
+        v["bridge"] = json!("this-name-is-too-long");
+        assert!(field_error(v).contains("bridge"));
+        let mut v = base();
+        v["mtu"] = json!(10);
+        assert!(field_error(v).contains("mtu"));
+        let mut v = base();
+        v["name"] = json!("bad/name");
+        assert!(field_error(v).contains("name"));
+        let mut v = base();
+        v["ipam"]["store"] = json!({"type": "zookeeper"});
+        assert!(field_error(v).contains("ipam.store.type"));
+        let mut v = base();
+        v["ipam"]["type"] = json!("host-local");
+        assert!(field_error(v).contains("ipam.type"));
+    }
+
+    #[test]
+    fn requests_merge_runtime_config_args_and_env() {
+        let mut v = base();
+        v["runtimeConfig"] = json!({"ips": ["10.85.3.4/16"], "mac": "0a:58:0a:55:00:05",
+            "io.kubernetes.cri.pod-annotations": {"team": "blue"}});
+        v["args"] = json!({"cni": {"ips": ["10.85.3.4", "fd00::5"]}});
+        let c = NetConf::parse(v.to_string().as_bytes(), &["10.85.3.9".parse().unwrap()]).unwrap();
+        assert_eq!(c.requests.ips.len(), 3);
+        assert_eq!(c.requests.mac, Some([0x0a, 0x58, 0x0a, 0x55, 0, 5]));
+        assert_eq!(c.requests.pod_annotations.get("team").map(String::as_str), Some("blue"));
+        let mut v = base();
+        v["runtimeConfig"] = json!({"mac": "zz"});
+        assert!(field_error(v).contains("runtimeConfig.mac"));
+    }
+
+    #[test]
+    fn cni_versions_list_is_negotiated() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("cniVersion");
+        v["cniVersions"] = json!(["0.4.0", "1.0.0"]);
+        assert_eq!(conf(v).unwrap().cni_version, "1.0.0");
+    }
+
+    #[test]
+    fn mac_round_trip() {
+        let m = parse_mac("AA:bb:0c:00:01:ff").unwrap();
+        assert_eq!(format_mac(&m), "aa:bb:0c:00:01:ff");
+        assert!(parse_mac("aa:bb:cc:dd:ee").is_none());
+        assert!(parse_mac("aa:bb:cc:dd:ee:ff:00").is_none());
+    }
+}

@@ -1,0 +1,401 @@
+//! ADD, read top to bottom as the story: validate, decide (policy), allocate
+//! (IPAM, released again if anything later fails), ensure the bridge and its
+//! gateways, create the veth pair with the pod end born in the pod netns, configure
+//! the pod side, masquerade, and answer with the result.
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use super::{fault_point, Invocation};
+use crate::cni::config::{format_mac, NetConf, PoolConf};
+use crate::cni::env::validate_ifname;
+use crate::cni::result::{CniResult, Interface, IpConfig, Route as ResultRoute};
+use crate::error::{Error, Result};
+use crate::ipam::cidr::Cidr;
+use crate::ipam::{Allocator, AttachmentRecord, Owner, Want};
+use crate::net::link::{Link, Netlink, Route};
+use crate::net::netns::NetNs;
+use crate::net::{nft, sysctl};
+use crate::policy::{self, default_host_ifname, Allocation, Family, Naming, Pod, Policy};
+use crate::store;
+
+/// How many alternative host names are tried when the default one is taken.
+const HOST_NAME_ATTEMPTS: u32 = 8;
+
+pub fn run(inv: &Invocation) -> Result<Value> {
+    let (env, conf) = (&inv.env, &inv.conf);
+    let netns_path = env.netns.as_deref().ok_or(Error::InvalidEnv {
+        var: "CNI_NETNS",
+        msg: "missing".into(),
+    })?;
+    let netns = NetNs::open(netns_path).map_err(|e| Error::InvalidEnv {
+        var: "CNI_NETNS",
+        msg: e.to_string(),
+    })?;
+    let prev = conf.prev_result.as_ref().map(CniResult::parse).transpose()?;
+    let pod = Pod::new(env, conf);
+    let mut policy = policy::load(conf)?;
+
+    // Decide the host-side name before anything changes.
+    let host_name = match policy.name_interface(&pod)? {
+        Naming::Default => None,
+        Naming::Name(n) => {
+            validate_ifname(&n).map_err(|m| Error::PolicyFault {
+                policy: policy.name().into(),
+                reason: format!("invalid host interface name: {m}"),
+            })?;
+            Some(n)
+        }
+        Naming::Deny(reason) => {
+            return Err(Error::PolicyDenied {
+                policy: policy.name().into(),
+                reason,
+            })
+        }
+    };
+
+    let kv = store::open(&conf.ipam.store)?;
+    let alloc = Allocator::new(&*kv, conf.ipam.store.prefix(), &conf.node);
+    let id = inv.attachment_id();
+    let repeat = alloc.find(&id)?.is_some();
+    let wants = plan(conf, &pod, &mut *policy)?;
+    let record = alloc.allocate(&owner(inv), &wants)?;
+    log::info!(
+        "{} {}: {}",
+        if repeat { "found" } else { "allocated" },
+        id.container_id,
+        record.ips.iter().map(|i| i.address.as_str()).collect::<Vec<_>>().join(", ")
+    );
+
+    let mut made = Made::default();
+    match wire(inv, &netns, &record, host_name.as_deref(), &mut made) {
+        Ok(mut result) => {
+            if let Some(prev) = prev {
+                result = prev.merge(result);
+            }
+            Ok(result.to_json(&conf.cni_version))
+        }
+        Err(e) => {
+            // Undo in reverse: the veth we made, then the addresses we took.
+            if let Some(index) = made.veth {
+                if let Err(u) = Netlink::open().and_then(|mut nl| nl.delete_link(index)) {
+                    log::warn!("undo: delete host veth {index}: {u}");
+                }
+            }
+            if !repeat {
+                if let Err(u) = alloc.release(&id) {
+                    log::warn!("undo: release addresses of {}: {u}", id.container_id);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What this ADD created, so a failure can remove exactly that.
+#[derive(Default)]
+struct Made {
+    veth: Option<u32>,
+}
+
+fn owner(inv: &Invocation) -> Owner {
+    Owner {
+        network: inv.conf.name.clone(),
+        container_id: inv.env.container_id.clone(),
+        ifname: inv.env.ifname.clone(),
+        node: inv.conf.node.clone(),
+        pod_namespace: inv.env.args.pod_namespace.clone(),
+        pod_name: inv.env.args.pod_name.clone(),
+        pod_uid: inv.env.args.pod_uid.clone(),
+        created: 0,
+    }
+}
+
+/// One address per family that has pools: a requested address wins, else the
+/// policy decides, else the family's first pool.
+fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<Vec<Want<'c>>> {
+    let pools = &conf.ipam.pools;
+    let mut families: Vec<Family> = Vec::new();
+    for p in pools {
+        let f = Family::of_pool(p);
+        if !families.contains(&f) {
+            families.push(f);
+        }
+    }
+    let mut wants = Vec::with_capacity(families.len());
+    for ip in &conf.requests.ips {
+        let pool = pools
+            .iter()
+            .find(|p| p.subnet.contains(*ip))
+            .ok_or_else(|| Error::AddressUnavailable {
+                address: ip.to_string(),
+                msg: "requested address is in none of the configured pools".into(),
+            })?;
+        if wants.iter().any(|w: &Want<'_>| Family::of_pool(w.pool) == Family::of(*ip)) {
+            return Err(Error::AddressUnavailable {
+                address: ip.to_string(),
+                msg: "more than one address requested for the same family".into(),
+            });
+        }
+        wants.push(Want {
+            pool,
+            address: Some(*ip),
+        });
+    }
+    for fam in families {
+        if wants.iter().any(|w| Family::of_pool(w.pool) == fam) {
+            continue;
+        }
+        let of_family: Vec<&PoolConf> = pools.iter().filter(|p| Family::of_pool(p) == fam).collect();
+        let decision = policy.allocate(pod, fam, &of_family)?;
+        let fault = |reason: String| Error::PolicyFault {
+            policy: policy.name().to_string(),
+            reason,
+        };
+        let want = match decision {
+            Allocation::Default => Want {
+                pool: of_family[0],
+                address: None,
+            },
+            Allocation::Pool(name) => Want {
+                pool: of_family
+                    .iter()
+                    .find(|p| p.name == name)
+                    .ok_or_else(|| fault(format!("chose pool {name:?}, which is not a pool of this family")))?,
+                address: None,
+            },
+            Allocation::Address { pool, address } => Want {
+                pool: of_family
+                    .iter()
+                    .find(|p| p.name == pool && p.subnet.contains(address))
+                    .ok_or_else(|| fault(format!("chose {address} in pool {pool:?}, which does not hold it")))?,
+                address: Some(address),
+            },
+            Allocation::Deny(reason) => {
+                return Err(Error::PolicyDenied {
+                    policy: policy.name().to_string(),
+                    reason,
+                })
+            }
+        };
+        wants.push(want);
+    }
+    Ok(wants)
+}
+
+/// A parsed address of the record: (address, block).
+fn addresses(record: &AttachmentRecord) -> Result<Vec<(IpAddr, Cidr)>> {
+    record
+        .ips
+        .iter()
+        .map(|ip| {
+            let addr = Cidr::parse(&ip.address).map_err(Error::Store)?;
+            let block = Cidr::parse(&ip.block).map_err(Error::Store)?;
+            Ok((addr.addr(), block))
+        })
+        .collect()
+}
+
+fn gateway_of(block: &Cidr) -> IpAddr {
+    crate::ipam::cidr::from_u128(block.first() + 1, block.is_ipv4())
+}
+
+/// The link plumbing of bridge mode; returns this plugin's part of the result.
+fn wire(
+    inv: &Invocation,
+    netns: &NetNs,
+    record: &AttachmentRecord,
+    host_name: Option<&str>,
+    made: &mut Made,
+) -> Result<CniResult> {
+    let (env, conf) = (&inv.env, &inv.conf);
+    fault_point("ipam")?;
+    let addrs = addresses(record)?;
+    let mut host = Netlink::open()?;
+    let mtu = match conf.mtu {
+        Some(m) => m,
+        None => host.default_route_mtu()?.unwrap_or(1500),
+    };
+
+    // Bridge, its gateway addresses, forwarding.
+    let bridge = host.ensure_bridge(&conf.bridge, Some(mtu), conf.promisc_mode)?;
+    for (_, block) in &addrs {
+        host.ensure_addr(bridge.index, gateway_of(block), block.prefix())?;
+    }
+    if addrs.iter().any(|(a, _)| a.is_ipv4()) {
+        sysctl::set("net/ipv4/ip_forward", "1")?;
+    }
+    if addrs.iter().any(|(a, _)| a.is_ipv6()) {
+        sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    fault_point("bridge")?;
+
+    // The veth pair: pod end born in the pod netns with its final name.
+    let alias = format!("{}/{}", env.container_id, env.ifname);
+    let host_veth = create_veth(&mut host, host_name, &alias, inv, netns, mtu, bridge.index, made)?;
+    if conf.hairpin_mode {
+        host.set_hairpin(host_veth.index, true)?;
+    }
+    fault_point("veth")?;
+
+    // The pod side: addresses, up, routes.
+    let mut pod = Netlink::open_in(netns)?;
+    let pod_link = pod.link_by_name(&env.ifname)?.ok_or_else(|| {
+        Error::netlink(
+            format!("find {} in {}", env.ifname, netns.path().display()),
+            std::io::Error::from_raw_os_error(libc::ENODEV),
+        )
+    })?;
+    for (addr, block) in &addrs {
+        pod.ensure_addr(pod_link.index, *addr, block.prefix())?;
+    }
+    pod.set_up(pod_link.index)?;
+    fault_point("address")?;
+    let routes = pod_routes(conf, &addrs);
+    for r in &routes {
+        pod.ensure_route(&Route {
+            dst: r.0.addr(),
+            prefix: r.0.prefix(),
+            gateway: Some(r.1),
+            oif: Some(pod_link.index),
+        })?;
+    }
+    fault_point("routes")?;
+
+    if conf.ip_masq {
+        let subnets: Vec<(IpAddr, u8)> = record
+            .ips
+            .iter()
+            .filter_map(|ip| conf.ipam.pools.iter().find(|p| p.name == ip.pool))
+            .map(|p| (p.subnet.addr(), p.subnet.prefix()))
+            .collect();
+        nft::ensure_masquerade(&conf.name, &subnets)?;
+    }
+    fault_point("masquerade")?;
+
+    Ok(result(conf, netns, &bridge, &host_veth, &pod_link, &addrs, &routes))
+}
+
+/// Create the pair under the chosen (or default) host name. A name held by another
+/// attachment (a hash collision) moves on to the next candidate; one held by this
+/// attachment (a repeated ADD) is adopted.
+#[allow(clippy::too_many_arguments)]
+fn create_veth(
+    host: &mut Netlink,
+    chosen: Option<&str>,
+    alias: &str,
+    inv: &Invocation,
+    netns: &NetNs,
+    mtu: u32,
+    bridge: u32,
+    made: &mut Made,
+) -> Result<Link> {
+    let env = &inv.env;
+    for salt in 0..HOST_NAME_ATTEMPTS {
+        let name = match chosen {
+            Some(n) => n.to_string(),
+            None => default_host_ifname(&env.container_id, &env.ifname, salt),
+        };
+        match host.create_veth(&name, alias, &env.ifname, netns, mtu, inv.conf.requests.mac, bridge) {
+            Ok(link) => {
+                made.veth = Some(link.index);
+                return Ok(link);
+            }
+            Err(e) if e.is_exists() => {
+                if let Some(existing) = host.link_by_name(&name)? {
+                    if existing.alias.as_deref() == Some(alias) {
+                        log::info!("adopting existing host veth {name} of this attachment");
+                        return Ok(existing);
+                    }
+                }
+                if chosen.is_some() {
+                    return Err(e);
+                }
+                // Either our host name is taken by someone else, or the pod already
+                // has an interface called CNI_IFNAME.
+                let mut pod = Netlink::open_in(netns)?;
+                if pod.link_by_name(&env.ifname)?.is_some() {
+                    return Err(Error::netlink(
+                        format!("create {} in {}", env.ifname, netns.path().display()),
+                        std::io::Error::from_raw_os_error(libc::EEXIST),
+                    ));
+                }
+                log::warn!("host interface name {name} is taken by another attachment; trying another");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::netlink(
+        format!("find a free host interface name for {alias}"),
+        std::io::Error::from_raw_os_error(libc::EEXIST),
+    ))
+}
+
+/// Routes for the pod: a default route per family via the block gateway when
+/// `isDefaultGateway`, plus `ipam.routes` (gw defaults to the block gateway).
+fn pod_routes(conf: &NetConf, addrs: &[(IpAddr, Cidr)]) -> Vec<(Cidr, IpAddr)> {
+    let mut out: Vec<(Cidr, IpAddr)> = Vec::new();
+    let mut push = |dst: Cidr, gw: IpAddr| {
+        if !out.iter().any(|(d, _)| *d == dst) {
+            out.push((dst, gw));
+        }
+    };
+    for (addr, block) in addrs {
+        let gw = gateway_of(block);
+        if conf.is_default_gateway {
+            let any = if addr.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
+            if let Ok(dst) = Cidr::parse(any) {
+                push(dst, gw);
+            }
+        }
+        for r in conf.ipam.routes.iter().filter(|r| r.dst.is_ipv4() == addr.is_ipv4()) {
+            push(r.dst.canonical(), r.gw.unwrap_or(gw));
+        }
+    }
+    out
+}
+
+fn result(
+    conf: &NetConf,
+    netns: &NetNs,
+    bridge: &Link,
+    host_veth: &Link,
+    pod: &Link,
+    addrs: &[(IpAddr, Cidr)],
+    routes: &[(Cidr, IpAddr)],
+) -> CniResult {
+    let iface = |l: &Link, sandbox: Option<String>| Interface {
+        name: l.name.clone(),
+        mac: l.mac.as_ref().map(format_mac),
+        mtu: None,
+        sandbox,
+    };
+    CniResult {
+        interfaces: vec![
+            iface(bridge, None),
+            iface(host_veth, None),
+            iface(pod, Some(netns.path().display().to_string())),
+        ],
+        ips: addrs
+            .iter()
+            .map(|(a, b)| IpConfig {
+                address: format!("{a}/{}", b.prefix()),
+                gateway: Some(gateway_of(b).to_string()),
+                interface: Some(2),
+            })
+            .collect(),
+        routes: routes
+            .iter()
+            .map(|(d, g)| ResultRoute {
+                dst: d.to_string(),
+                gw: Some(g.to_string()),
+            })
+            .collect(),
+        dns: conf
+            .dns
+            .as_ref()
+            .and_then(|d| serde_json::from_value(d.clone()).ok())
+            .unwrap_or_default(),
+    }
+}

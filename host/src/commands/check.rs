@@ -1,0 +1,99 @@
+//! CHECK: the attachment is still what ADD made — the allocation is recorded, the
+//! pod interface exists with every address of `prevResult`, the routes are there,
+//! and the host veth is still enslaved to the bridge.
+
+use std::net::IpAddr;
+
+use super::Invocation;
+use crate::cni::result::CniResult;
+use crate::error::{Error, Result};
+use crate::ipam::cidr::Cidr;
+use crate::ipam::Allocator;
+use crate::net::link::Netlink;
+use crate::net::netns::NetNs;
+use crate::store;
+
+pub fn run(inv: &Invocation) -> Result<()> {
+    let (env, conf) = (&inv.env, &inv.conf);
+    let fail = |m: String| Error::CheckFailed(m);
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| Error::config("prevResult", "CHECK needs the result of ADD in prevResult"))?;
+    let prev = CniResult::parse(prev)?;
+
+    let kv = store::open(&conf.ipam.store)?;
+    let alloc = Allocator::new(&*kv, conf.ipam.store.prefix(), &conf.node);
+    let record = alloc
+        .find(&inv.attachment_id())?
+        .ok_or_else(|| fail(format!("no allocation recorded for {}/{}", env.container_id, env.ifname)))?;
+
+    let netns_path = env.netns.as_deref().ok_or(Error::InvalidEnv {
+        var: "CNI_NETNS",
+        msg: "missing".into(),
+    })?;
+    let netns = NetNs::open(netns_path).map_err(|e| Error::InvalidEnv {
+        var: "CNI_NETNS",
+        msg: e.to_string(),
+    })?;
+
+    // Which prevResult interface is ours: the one in the sandbox with CNI_IFNAME.
+    let ours = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == env.ifname && i.sandbox.is_some())
+        .ok_or_else(|| fail(format!("prevResult has no interface {} in a sandbox", env.ifname)))?;
+
+    let mut pod = Netlink::open_in(&netns)?;
+    let link = pod
+        .link_by_name(&env.ifname)?
+        .ok_or_else(|| fail(format!("interface {} is missing in {}", env.ifname, netns_path.display())))?;
+    if let Some(mac) = &prev.interfaces[ours].mac {
+        let have = link.mac.as_ref().map(crate::cni::config::format_mac);
+        if have.as_deref() != Some(mac.as_str()) {
+            return Err(fail(format!("{} has MAC {have:?}, prevResult says {mac}", env.ifname)));
+        }
+    }
+    let have: Vec<(IpAddr, u8)> = pod.addrs(link.index)?;
+    for ip in prev.ips.iter().filter(|ip| ip.interface == Some(ours)) {
+        let want = Cidr::parse(&ip.address).map_err(|m| fail(format!("prevResult address: {m}")))?;
+        if !have.contains(&(want.addr(), want.prefix())) {
+            return Err(fail(format!("{} is missing address {want}", env.ifname)));
+        }
+        if !record.ips.iter().any(|r| r.address == ip.address) {
+            return Err(fail(format!("address {want} is not recorded for this attachment")));
+        }
+    }
+    let routes = pod.routes()?;
+    for r in &prev.routes {
+        let dst = Cidr::parse(&r.dst).map_err(|m| fail(format!("prevResult route: {m}")))?;
+        let gw = r.gw.as_deref().and_then(|g| g.parse::<IpAddr>().ok());
+        let found = routes
+            .iter()
+            .any(|x| x.dst == dst.network() && x.prefix == dst.prefix() && (gw.is_none() || x.gateway == gw));
+        if !found {
+            return Err(fail(format!("route to {} via {:?} is missing in the pod", r.dst, r.gw)));
+        }
+    }
+
+    // Host side: the bridge, and our veth on it.
+    let mut host = Netlink::open()?;
+    let bridge = host
+        .link_by_name(&conf.bridge)?
+        .ok_or_else(|| fail(format!("bridge {} is missing", conf.bridge)))?;
+    if bridge.kind.as_deref() != Some("bridge") {
+        return Err(fail(format!("{} is not a bridge", conf.bridge)));
+    }
+    for i in prev.interfaces.iter().filter(|i| i.sandbox.is_none() && i.name != conf.bridge) {
+        match host.link_by_name(&i.name)? {
+            Some(l) if l.master == Some(bridge.index) => {}
+            Some(_) => return Err(fail(format!("host interface {} is not attached to {}", i.name, conf.bridge))),
+            // Interfaces of other chained plugins may live elsewhere; only ours must be here.
+            None if i.name.starts_with("veth") => {
+                return Err(fail(format!("host interface {} is missing", i.name)))
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}

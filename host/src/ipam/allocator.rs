@@ -1,0 +1,668 @@
+//! The allocator: claims blocks for this node, picks free addresses in them, and
+//! writes address keys and the attachment key in one transaction with compares.
+//! Conflicts (another process won a race) are retried a bounded number of times;
+//! there is never a read-then-write without a compare guarding it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::block::Layout;
+use super::cidr::{from_u128, to_u128, Cidr};
+use super::keys::{last_segment, parse_block_id, Keys};
+use super::model::{now, AttachmentId, AttachmentRecord, IpRecord, Owner};
+use crate::cni::config::PoolConf;
+use crate::error::{Error, Result};
+use crate::store::{Compare, KeyValue, Kv, Txn};
+
+/// How many times a transaction that lost a race is retried before code 11.
+pub const MAX_ATTEMPTS: usize = 64;
+
+/// One address to allocate: from `pool`, a specific `address` or any free one.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'p> {
+    pub pool: &'p PoolConf,
+    pub address: Option<IpAddr>,
+}
+
+/// The stored pool definition; a node whose config disagrees gets code 7.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolRecord {
+    pub subnet: String,
+    pub block_size: u8,
+}
+
+/// The stored block claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockRecord {
+    pub node: String,
+    pub claimed: u64,
+}
+
+/// A chosen address, with the compare that guards the block it came from.
+struct Pick {
+    pool: String,
+    block: Cidr,
+    ip: IpAddr,
+    guard: Option<Compare>,
+}
+
+/// IPAM for one node against one store.
+pub struct Allocator<'a> {
+    kv: &'a dyn Kv,
+    keys: Keys,
+    node: String,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T> {
+    serde_json::from_slice(&kv.value).map_err(|e| Error::Store(format!("decode {}: {e}", kv.key)))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain records cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl<'a> Allocator<'a> {
+    pub fn new(kv: &'a dyn Kv, prefix: &str, node: &str) -> Allocator<'a> {
+        Allocator {
+            kv,
+            keys: Keys::new(prefix),
+            node: node.to_string(),
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Store the pool definition on first use; refuse a config that disagrees.
+    pub fn ensure_pool(&self, pool: &PoolConf) -> Result<()> {
+        let want = PoolRecord {
+            subnet: pool.subnet.to_string(),
+            block_size: pool.block_size,
+        };
+        let key = self.keys.pool(&pool.name);
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(kv) = self.kv.get(&key)? {
+                let have: PoolRecord = decode(&kv)?;
+                if have != want {
+                    return Err(Error::config(
+                        format!("ipam.pools[{}]", pool.name),
+                        format!(
+                            "pool {:?} is stored as subnet {} blockSize {} but this node's config says subnet {} blockSize {}; \
+                             fix the config (pools are cluster-wide and cannot be split)",
+                            pool.name, have.subnet, have.block_size, want.subnet, want.block_size
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+            if self.kv.txn(Txn::new().when(Compare::absent(&key)).put(&key, encode(&want)))? {
+                return Ok(());
+            }
+        }
+        Err(Error::TryAgainLater(format!("store contention writing pool {:?}", pool.name)))
+    }
+
+    /// The attachment, if recorded.
+    pub fn find(&self, id: &AttachmentId) -> Result<Option<AttachmentRecord>> {
+        let key = self.keys.attachment(&id.network, &id.container_id, &id.ifname);
+        self.kv.get(&key)?.map(|kv| decode(&kv)).transpose()
+    }
+
+    /// Allocate one address per `want` for `owner`, or return the addresses already
+    /// recorded for this attachment (a repeated ADD).
+    pub fn allocate(&self, owner: &Owner, wants: &[Want<'_>]) -> Result<AttachmentRecord> {
+        let id = owner.id();
+        if let Some(existing) = self.find(&id)? {
+            return Ok(existing);
+        }
+        for w in wants {
+            self.ensure_pool(w.pool)?;
+        }
+        let att_key = self.keys.attachment(&id.network, &id.container_id, &id.ifname);
+        for attempt in 0..MAX_ATTEMPTS {
+            let mut picks: Vec<Pick> = Vec::with_capacity(wants.len());
+            for w in wants {
+                let pick = match w.address {
+                    Some(ip) => self.pick_requested(w.pool, ip)?,
+                    None => self.pick_free(w.pool, attempt)?,
+                };
+                picks.push(pick);
+            }
+            let mut record = AttachmentRecord {
+                owner: Owner {
+                    created: now(),
+                    ..owner.clone()
+                },
+                ips: Vec::with_capacity(picks.len()),
+            };
+            let mut txn = Txn::new().when(Compare::absent(&att_key));
+            for p in &picks {
+                let key = self.keys.ip(&p.pool, &p.block, p.ip);
+                txn = txn.when(Compare::absent(&key)).put(key, encode(&record.owner));
+                if let Some(g) = &p.guard {
+                    txn = txn.when(g.clone());
+                }
+                let layout_gw = from_u128(p.block.first() + 1, p.block.is_ipv4());
+                record.ips.push(IpRecord {
+                    pool: p.pool.clone(),
+                    address: format!("{}/{}", p.ip, p.block.prefix()),
+                    block: p.block.to_string(),
+                    gateway: layout_gw.to_string(),
+                });
+            }
+            txn = txn.put(&att_key, encode(&record));
+            if self.kv.txn(txn)? {
+                log::debug!(
+                    "allocated {} to {}/{}/{}",
+                    record.ips.iter().map(|i| i.address.as_str()).collect::<Vec<_>>().join(","),
+                    id.network,
+                    id.container_id,
+                    id.ifname
+                );
+                return Ok(record);
+            }
+            // Lost a race. A concurrent ADD of the same attachment may have won it.
+            if let Some(existing) = self.find(&id)? {
+                return Ok(existing);
+            }
+            log::debug!("allocation transaction conflicted (attempt {}), retrying", attempt + 1);
+            backoff(attempt);
+        }
+        Err(Error::TryAgainLater(format!(
+            "gave up after {MAX_ATTEMPTS} conflicting transactions allocating for {}",
+            id.container_id
+        )))
+    }
+
+    /// A specific address: usable in the pool, and not owned by someone else. Its
+    /// block is claimed for this node when nobody holds it yet.
+    fn pick_requested(&self, pool: &PoolConf, ip: IpAddr) -> Result<Pick> {
+        let layout = Layout::new(pool);
+        let block = layout.check_usable(ip).map_err(|msg| Error::AddressUnavailable {
+            address: ip.to_string(),
+            msg,
+        })?;
+        let key = self.keys.ip(&pool.name, &block, ip);
+        if let Some(kv) = self.kv.get(&key)? {
+            let holder: Owner = decode(&kv)?;
+            return Err(Error::AddressUnavailable {
+                address: ip.to_string(),
+                msg: format!(
+                    "already allocated to container {} ifname {} on node {} (network {})",
+                    holder.container_id, holder.ifname, holder.node, holder.network
+                ),
+            });
+        }
+        let block_key = self.keys.block(&pool.name, &block);
+        let guard = match self.kv.get(&block_key)? {
+            Some(kv) => Compare::ModRevision(block_key, kv.mod_revision),
+            None => {
+                self.claim(pool, &block)?;
+                match self.kv.get(&block_key)? {
+                    Some(kv) => Compare::ModRevision(block_key, kv.mod_revision),
+                    None => return Err(Error::TryAgainLater(format!("block {block} vanished while claiming it"))),
+                }
+            }
+        };
+        Ok(Pick {
+            pool: pool.name.clone(),
+            block,
+            ip,
+            guard: Some(guard),
+        })
+    }
+
+    /// Any free address from this node's blocks, claiming a new block only when
+    /// they are full. `attempt` spreads concurrent allocators over the free addresses.
+    fn pick_free(&self, pool: &PoolConf, attempt: usize) -> Result<Pick> {
+        let layout = Layout::new(pool);
+        for _ in 0..MAX_ATTEMPTS {
+            for (block, guard) in self.own_blocks(pool)? {
+                let used = self.used(pool, &block)?;
+                let mut ip = layout.first_free(&block, &used, None);
+                // On a retry, skip as many free addresses as we have lost races.
+                for _ in 0..attempt {
+                    match ip.and_then(|i| layout.first_free(&block, &used, Some(i))) {
+                        Some(next) => ip = Some(next),
+                        None => break,
+                    }
+                }
+                if let Some(ip) = ip {
+                    return Ok(Pick {
+                        pool: pool.name.clone(),
+                        block,
+                        ip: from_u128(ip, block.is_ipv4()),
+                        guard: Some(guard),
+                    });
+                }
+            }
+            if !self.claim_new_block(pool)? {
+                return Err(Error::PoolExhausted {
+                    pool: pool.name.clone(),
+                    msg: format!(
+                        "no free address in node {}'s blocks and no unclaimed block left in {}",
+                        self.node, pool.subnet
+                    ),
+                });
+            }
+        }
+        Err(Error::TryAgainLater(format!("could not claim a block in pool {:?}", pool.name)))
+    }
+
+    /// This node's blocks of `pool`, each with the compare that proves it still is.
+    pub fn own_blocks(&self, pool: &PoolConf) -> Result<Vec<(Cidr, Compare)>> {
+        let layout = Layout::new(pool);
+        Ok(self
+            .kv
+            .range(&self.keys.affinities(&self.node, &pool.name), true)?
+            .into_iter()
+            .filter_map(|kv| {
+                let b = parse_block_id(last_segment(&kv.key))?;
+                layout
+                    .owns_block(&b)
+                    .then(|| (b, Compare::CreateRevision(kv.key.clone(), kv.create_revision)))
+            })
+            .collect())
+    }
+
+    /// Addresses in use in `block`, as numbers.
+    pub fn used(&self, pool: &PoolConf, block: &Cidr) -> Result<BTreeSet<u128>> {
+        Ok(self
+            .kv
+            .range(&self.keys.ips_of_block(&pool.name, block), true)?
+            .iter()
+            .filter_map(|kv| last_segment(&kv.key).parse::<IpAddr>().ok().map(to_u128))
+            .collect())
+    }
+
+    /// Claim `block` for this node. Ok(false) if someone else holds it.
+    fn claim(&self, pool: &PoolConf, block: &Cidr) -> Result<bool> {
+        let key = self.keys.block(&pool.name, block);
+        let rec = BlockRecord {
+            node: self.node.clone(),
+            claimed: now(),
+        };
+        let ok = self.kv.txn(
+            Txn::new()
+                .when(Compare::absent(&key))
+                .put(key, encode(&rec))
+                .put(self.keys.affinity(&self.node, &pool.name, block), Vec::new()),
+        )?;
+        if ok {
+            log::info!("node {} claimed block {block} of pool {:?}", self.node, pool.name);
+        }
+        Ok(ok)
+    }
+
+    /// Claim a free block, starting at a position seeded by the node name so nodes
+    /// do not race for the same one. Ok(false) when every block is taken.
+    fn claim_new_block(&self, pool: &PoolConf) -> Result<bool> {
+        let layout = Layout::new(pool);
+        let claimed: HashSet<u128> = self
+            .kv
+            .range(&self.keys.blocks_of_pool(&pool.name), true)?
+            .iter()
+            .filter_map(|kv| parse_block_id(last_segment(&kv.key)))
+            .filter(|b| layout.owns_block(b))
+            .map(|b| layout.block_index(&b))
+            .collect();
+        let (lo, hi) = layout.candidate_blocks();
+        let n = hi - lo + 1;
+        let seed = super::fnv1a64(&[self.node.as_bytes(), pool.name.as_bytes()]) as u128 % n;
+        let tries = n.min(claimed.len() as u128 + 4096);
+        let mut k = 0u128;
+        while k < tries {
+            let idx = lo + (seed + k) % n;
+            k += 1;
+            if claimed.contains(&idx) {
+                continue;
+            }
+            let block = layout.block_at(idx);
+            if layout.usable_count(&block) == 0 {
+                continue;
+            }
+            if self.claim(pool, &block)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Release an attachment: delete its address keys (only those it owns) and its
+    /// attachment key in one transaction. Ok(None) when nothing was recorded.
+    pub fn release(&self, id: &AttachmentId) -> Result<Option<AttachmentRecord>> {
+        let att_key = self.keys.attachment(&id.network, &id.container_id, &id.ifname);
+        for attempt in 0..MAX_ATTEMPTS {
+            let Some(att) = self.kv.get(&att_key)? else {
+                return Ok(None);
+            };
+            let record: AttachmentRecord = decode(&att)?;
+            let mut txn = Txn::new()
+                .when(Compare::ModRevision(att_key.clone(), att.mod_revision))
+                .delete(&att_key);
+            for ip in &record.ips {
+                let (Ok(addr), Ok(block)) = (
+                    ip.address.split('/').next().unwrap_or("").parse::<IpAddr>(),
+                    Cidr::parse(&ip.block),
+                ) else {
+                    return Err(Error::Store(format!("attachment {att_key} holds a malformed address {ip:?}")));
+                };
+                let key = self.keys.ip(&ip.pool, &block, addr);
+                if let Some(kv) = self.kv.get(&key)? {
+                    let holder: Owner = decode(&kv)?;
+                    if holder.id() == *id {
+                        txn = txn.when(Compare::ModRevision(key.clone(), kv.mod_revision)).delete(key);
+                    } else {
+                        log::warn!("{key} is held by {}, not by {}; leaving it", holder.container_id, id.container_id);
+                    }
+                }
+            }
+            if self.kv.txn(txn)? {
+                log::debug!("released {}/{}/{}", id.network, id.container_id, id.ifname);
+                return Ok(Some(record));
+            }
+            backoff(attempt);
+        }
+        Err(Error::TryAgainLater(format!("store contention releasing {}", id.container_id)))
+    }
+
+    /// Every attachment recorded for `network` (or all networks).
+    pub fn attachments(&self, network: Option<&str>) -> Result<Vec<AttachmentRecord>> {
+        let prefix = match network {
+            Some(n) => self.keys.attachments_of_network(n),
+            None => self.keys.all_attachments(),
+        };
+        self.kv.range(&prefix, false)?.iter().map(decode).collect()
+    }
+
+    /// Could an ADD get an address from `pool` now? Free space in this node's
+    /// blocks, or an unclaimed block.
+    pub fn has_capacity(&self, pool: &PoolConf) -> Result<bool> {
+        let layout = Layout::new(pool);
+        for (block, _) in self.own_blocks(pool)? {
+            if layout.first_free(&block, &self.used(pool, &block)?, None).is_some() {
+                return Ok(true);
+            }
+        }
+        let claimed = self.kv.range(&self.keys.blocks_of_pool(&pool.name), true)?.len() as u128;
+        let (lo, hi) = layout.candidate_blocks();
+        Ok(claimed < hi - lo + 1)
+    }
+}
+
+/// A short, growing pause between conflicting transactions (0.2 ms .. 5 ms).
+fn backoff(attempt: usize) {
+    let micros = (200u64 << attempt.min(5)).min(5_000);
+    // Jitter from the clock's low bits, so racing processes spread out.
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 % micros.max(1))
+        .unwrap_or(0);
+    std::thread::sleep(std::time::Duration::from_micros(micros / 2 + jitter / 2));
+}
+
+/// The allocator behaviour every backend must show; run by each backend's tests.
+#[cfg(test)]
+pub(crate) mod suite {
+    use super::*;
+    use crate::store::Kv;
+
+    pub fn pool(name: &str, subnet: &str, block: u8) -> PoolConf {
+        PoolConf {
+            name: name.into(),
+            subnet: Cidr::parse(subnet).unwrap(),
+            block_size: block,
+            exclude: vec![],
+            range_start: None,
+            range_end: None,
+        }
+    }
+
+    pub fn owner(cid: &str, node: &str) -> Owner {
+        Owner {
+            network: "podnet".into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            node: node.into(),
+            pod_namespace: Some("default".into()),
+            pod_name: Some(cid.into()),
+            pod_uid: None,
+            created: 0,
+        }
+    }
+
+    fn addr(r: &AttachmentRecord) -> String {
+        r.ips[0].address.clone()
+    }
+
+    pub fn allocates_distinct_addresses_from_own_block(kv: &dyn Kv) {
+        let p = pool("default", "10.85.0.0/16", 26);
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        let mut seen = HashSet::new();
+        for i in 0..70 {
+            let r = a.allocate(&owner(&format!("c{i}"), "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+            assert!(seen.insert(addr(&r)), "duplicate {}", addr(&r));
+            assert!(r.ips[0].address.ends_with("/26"));
+            let block = Cidr::parse(&r.ips[0].block).unwrap();
+            assert_eq!(r.ips[0].gateway, from_u128(block.first() + 1, true).to_string());
+        }
+        // 61 usable per /26: 70 addresses need exactly two blocks, both this node's.
+        assert_eq!(a.own_blocks(&p).unwrap().len(), 2);
+        for kv in kv.range("/ohno/blocks/default/", false).unwrap() {
+            let b: BlockRecord = serde_json::from_slice(&kv.value).unwrap();
+            assert_eq!(b.node, "node-a");
+        }
+        // One address key and one attachment key per allocation.
+        assert_eq!(kv.range("/ohno/ips/", true).unwrap().len(), 70);
+        assert_eq!(kv.range("/ohno/attachments/podnet/", true).unwrap().len(), 70);
+    }
+
+    pub fn repeated_add_returns_same_addresses(kv: &dyn Kv) {
+        let p = pool("default", "10.85.0.0/16", 26);
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        let o = owner("same", "node-a");
+        let r1 = a.allocate(&o, &[Want { pool: &p, address: None }]).unwrap();
+        let r2 = a.allocate(&o, &[Want { pool: &p, address: None }]).unwrap();
+        assert_eq!(r1.ips, r2.ips);
+        assert_eq!(kv.range("/ohno/ips/", true).unwrap().len(), 1);
+    }
+
+    pub fn release_deletes_both_keys_and_is_idempotent(kv: &dyn Kv) {
+        let p = pool("default", "10.85.0.0/16", 26);
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        let o = owner("rel", "node-a");
+        let r = a.allocate(&o, &[Want { pool: &p, address: None }]).unwrap();
+        assert_eq!(a.release(&o.id()).unwrap().unwrap().ips, r.ips);
+        assert!(a.release(&o.id()).unwrap().is_none());
+        assert!(kv.range("/ohno/ips/", true).unwrap().is_empty());
+        assert!(kv.range("/ohno/attachments/", true).unwrap().is_empty());
+        // The freed address is handed out again (lowest free first).
+        let r2 = a.allocate(&owner("next", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        assert_eq!(r2.ips[0].address, r.ips[0].address);
+    }
+
+    pub fn exhaustion_names_the_pool_and_writes_nothing(kv: &dyn Kv) {
+        // A /29 pool with /30 blocks: 2 blocks, 1 usable address each.
+        let p = pool("tiny", "192.168.7.0/29", 30);
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        a.allocate(&owner("t1", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        a.allocate(&owner("t2", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        let e = a.allocate(&owner("t3", "node-a"), &[Want { pool: &p, address: None }]).unwrap_err();
+        assert_eq!(e.code(), 100);
+        assert!(e.to_string().contains("tiny"), "{e}");
+        assert!(a.find(&owner("t3", "node-a").id()).unwrap().is_none());
+        assert_eq!(kv.range("/ohno/ips/tiny/", true).unwrap().len(), 2);
+    }
+
+    pub fn dual_stack_allocates_one_per_family_atomically(kv: &dyn Kv) {
+        let v4 = pool("v4", "10.9.0.0/24", 26);
+        let v6 = pool("v6", "fd00:9::/64", 122);
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        let r = a
+            .allocate(&owner("ds", "node-a"), &[Want { pool: &v4, address: None }, Want { pool: &v6, address: None }])
+            .unwrap();
+        assert_eq!(r.ips.len(), 2);
+        assert!(r.ips[1].address.starts_with("fd00:9:"), "{:?}", r.ips[1]);
+        assert!(r.ips[1].address.ends_with("/122"));
+        // A v6 address key, under its block.
+        assert_eq!(kv.range("/ohno/ips/v6/", true).unwrap().len(), 1);
+        // If one family cannot be served, neither is written.
+        let tiny = pool("tiny6", "192.168.8.0/30", 30);
+        a.allocate(&owner("x", "node-a"), &[Want { pool: &tiny, address: None }]).unwrap();
+        let e = a
+            .allocate(&owner("y", "node-a"), &[Want { pool: &v6, address: None }, Want { pool: &tiny, address: None }])
+            .unwrap_err();
+        assert_eq!(e.code(), 100);
+        assert_eq!(kv.range("/ohno/ips/v6/", true).unwrap().len(), 1);
+    }
+
+    pub fn requested_address_is_honoured_or_refused(kv: &dyn Kv) {
+        let mut p = pool("default", "10.85.0.0/16", 26);
+        p.exclude = vec![Cidr::parse("10.85.255.0/24").unwrap()];
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        let want = |ip: &str| Want { pool: &p, address: Some(ip.parse().unwrap()) };
+        let r = a.allocate(&owner("r1", "node-a"), &[want("10.85.77.9")]).unwrap();
+        assert_eq!(r.ips[0].address, "10.85.77.9/26");
+        assert_eq!(r.ips[0].gateway, "10.85.77.1");
+        let e = a.allocate(&owner("r2", "node-a"), &[want("10.85.77.9")]).unwrap_err();
+        assert_eq!(e.code(), 101);
+        assert!(e.to_string().contains("r1"), "{e}");
+        for bad in ["10.85.255.4", "10.85.77.1", "10.85.77.0", "10.85.77.63", "10.86.0.5"] {
+            let e = a.allocate(&owner("r3", "node-a"), &[want(bad)]).unwrap_err();
+            assert_eq!(e.code(), 101, "{bad}: {e}");
+        }
+        assert!(a.find(&owner("r3", "node-a").id()).unwrap().is_none());
+    }
+
+    pub fn pool_mismatch_between_nodes_is_code_7(kv: &dyn Kv) {
+        let p = pool("shared", "10.50.0.0/16", 26);
+        Allocator::new(kv, "/ohno", "node-a")
+            .allocate(&owner("m1", "node-a"), &[Want { pool: &p, address: None }])
+            .unwrap();
+        let other = pool("shared", "10.50.0.0/16", 24);
+        let e = Allocator::new(kv, "/ohno", "node-b")
+            .allocate(&owner("m2", "node-b"), &[Want { pool: &other, address: None }])
+            .unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("shared"), "{e}");
+    }
+
+    pub fn nodes_get_separate_blocks(kv: &dyn Kv) {
+        let p = pool("default", "10.85.0.0/16", 26);
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        let b = Allocator::new(kv, "/ohno", "node-b");
+        let ra = a.allocate(&owner("na", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        let rb = b.allocate(&owner("nb", "node-b"), &[Want { pool: &p, address: None }]).unwrap();
+        assert_ne!(ra.ips[0].block, rb.ips[0].block);
+    }
+
+    pub fn conflicts_are_retried(kv: &dyn Kv, inject: &dyn Fn(u32)) {
+        let p = pool("default", "10.85.0.0/16", 26);
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        a.allocate(&owner("warm", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        inject(5);
+        let r = a.allocate(&owner("retry", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        assert_eq!(r.ips.len(), 1);
+        inject(MAX_ATTEMPTS as u32 + 5);
+        let e = a.allocate(&owner("gives-up", "node-a"), &[Want { pool: &p, address: None }]).unwrap_err();
+        assert_eq!(e.code(), 11);
+        inject(0);
+        assert!(a.find(&owner("gives-up", "node-a").id()).unwrap().is_none());
+    }
+
+    pub fn run_all(kv_factory: &dyn Fn() -> Box<dyn Kv>) {
+        allocates_distinct_addresses_from_own_block(&*kv_factory());
+        repeated_add_returns_same_addresses(&*kv_factory());
+        release_deletes_both_keys_and_is_idempotent(&*kv_factory());
+        exhaustion_names_the_pool_and_writes_nothing(&*kv_factory());
+        dual_stack_allocates_one_per_family_atomically(&*kv_factory());
+        requested_address_is_honoured_or_refused(&*kv_factory());
+        pool_mismatch_between_nodes_is_code_7(&*kv_factory());
+        nodes_get_separate_blocks(&*kv_factory());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::suite::*;
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[test]
+    fn allocator_suite_on_memory_store() {
+        run_all(&|| Box::new(MemoryStore::new()));
+    }
+
+    #[test]
+    fn allocator_suite_on_local_store() {
+        let base = std::env::temp_dir().join(format!("ohno-alloc-suite-{}", std::process::id()));
+        let counter = std::cell::Cell::new(0);
+        run_all(&|| {
+            counter.set(counter.get() + 1);
+            let d = base.join(counter.get().to_string());
+            Box::new(crate::store::local::LocalStore::open(&d).unwrap())
+        });
+        std::fs::remove_dir_all(base).ok();
+    }
+
+    #[test]
+    fn injected_conflicts_are_retried_then_reported_as_try_again() {
+        let m = MemoryStore::new();
+        conflicts_are_retried(&m, &|n| m.inject_conflicts(n));
+    }
+
+    #[test]
+    fn a_race_lost_to_an_interloper_picks_another_address() {
+        let m = MemoryStore::new();
+        let p = pool("default", "10.85.0.0/16", 26);
+        let a = Allocator::new(&m, "/ohno", "node-a");
+        let first = a.allocate(&owner("first", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        let block = Cidr::parse(&first.ips[0].block).unwrap();
+        // Someone takes the next free address between our read and our write.
+        let next = from_u128(to_u128(first.ips[0].address.split('/').next().unwrap().parse().unwrap()) + 1, true);
+        m.inject_interloper(&a.keys().ip("default", &block, next), b"{}");
+        let r = a.allocate(&owner("second", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        assert_ne!(r.ips[0].address.split('/').next().unwrap(), next.to_string());
+        assert_ne!(r.ips[0].address, first.ips[0].address);
+    }
+
+    #[test]
+    fn store_outage_is_code_11() {
+        let m = MemoryStore::new();
+        m.inject_outage(1);
+        let p = pool("default", "10.85.0.0/16", 26);
+        let e = Allocator::new(&m, "/ohno", "n").allocate(&owner("o", "n"), &[Want { pool: &p, address: None }]).unwrap_err();
+        assert_eq!(e.code(), 11);
+    }
+
+    #[test]
+    fn ipv6_slash64_pool_allocates_without_overflow() {
+        let m = MemoryStore::new();
+        let p = pool("v6", "2001:db8:1::/64", 122);
+        let a = Allocator::new(&m, "/ohno", "node-a");
+        let r = a.allocate(&owner("v6", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        let ip: IpAddr = r.ips[0].address.split('/').next().unwrap().parse().unwrap();
+        assert!(p.subnet.contains(ip));
+        assert!(a.has_capacity(&p).unwrap());
+    }
+
+    #[test]
+    fn capacity_reflects_exhaustion() {
+        let m = MemoryStore::new();
+        let p = pool("tiny", "192.168.7.0/30", 30);
+        let a = Allocator::new(&m, "/ohno", "node-a");
+        assert!(a.has_capacity(&p).unwrap());
+        a.allocate(&owner("t1", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        assert!(!a.has_capacity(&p).unwrap());
+    }
+}

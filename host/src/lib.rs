@@ -1,0 +1,18 @@
+//! Ohno: a CNI plugin that wires pods into a node (bridge + veth), manages
+//! addresses in a transactional key-value store (embedded local store or etcd),
+//! and delegates allocation and naming decisions to a policy.
+//!
+//! Module map: `cni` (spec types), `commands` (one file per verb), `ipam` (pure
+//! allocation logic on `store::Kv`), `store` (the Kv trait and its backends),
+//! `net` (netlink plumbing), `policy` (the decision seam and the built-in default).
+
+pub mod cni;
+pub mod commands;
+pub mod error;
+pub mod ipam;
+pub mod logging;
+pub mod net;
+pub mod policy;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,288 @@
+//! Routes in the main table on the [`Netlink`] handle: list (unicast, both
+//! families), ensure (add, "already exists" is success), delete, and the MTU
+//! of the IPv4 default route's link (Ohno's default MTU).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::link::Netlink;
+use crate::error::{Error, Result};
+
+/// A unicast route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination network; `0.0.0.0` / `::` with prefix 0 for a default route.
+    pub dst: IpAddr,
+    /// Destination prefix length.
+    pub prefix: u8,
+    /// Next hop, if the destination is not on-link.
+    pub gateway: Option<IpAddr>,
+    /// Output interface index.
+    pub oif: Option<u32>,
+}
+
+impl Route {
+    /// True for `0.0.0.0/0` and `::/0`.
+    pub fn is_default(&self) -> bool {
+        self.prefix == 0
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.dst, self.prefix)?;
+        if let Some(gw) = self.gateway {
+            write!(f, " via {gw}")?;
+        }
+        if let Some(oif) = self.oif {
+            write!(f, " dev {oif}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A route as dumped, with the fields we need beyond [`Route`].
+struct DumpedRoute {
+    route: Route,
+    priority: u32,
+}
+
+impl Netlink {
+    /// Unicast routes of the main table, both families. Default routes have
+    /// `dst` 0.0.0.0/0 or ::/0. For a multipath route, the first next hop's
+    /// gateway and interface are reported.
+    pub fn routes(&mut self) -> Result<Vec<Route>> {
+        Ok(self.dump_routes()?.into_iter().map(|r| r.route).collect())
+    }
+
+    fn dump_routes(&mut self) -> Result<Vec<DumpedRoute>> {
+        let replies = self
+            .dump(RouteNetlinkMessage::GetRoute(RouteMessage::default()))
+            .map_err(|e| Error::netlink(format!("list routes{}", self.in_ns()), e))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(msg) => parse_route(&msg),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Add `route` to the main table (scope universe with a gateway, link
+    /// without; protocol boot, as `ip route add`). EEXIST is success.
+    pub fn ensure_route(&mut self, route: &Route) -> Result<()> {
+        let msg = route_message(route);
+        match self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(Error::netlink(
+                format!("add route {route}{}", self.in_ns()),
+                e,
+            )),
+        }
+    }
+
+    /// Delete `route` from the main table. A missing route is an error with
+    /// `is_not_found()` (ESRCH).
+    pub fn del_route(&mut self, route: &Route) -> Result<()> {
+        let mut msg = route_message(route);
+        // Let the kernel match any scope/protocol of the given destination.
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.protocol = RouteProtocol::Unspec;
+        self.request(RouteNetlinkMessage::DelRoute(msg), 0)
+            .map(drop)
+            .map_err(|e| Error::netlink(format!("delete route {route}{}", self.in_ns()), e))
+    }
+
+    /// MTU of the link holding the IPv4 default route (the one with the lowest
+    /// metric if several), if there is one.
+    pub fn default_route_mtu(&mut self) -> Result<Option<u32>> {
+        let best = self
+            .dump_routes()?
+            .into_iter()
+            .filter(|r| r.route.is_default() && r.route.dst.is_ipv4() && r.route.oif.is_some())
+            .min_by_key(|r| r.priority);
+        let Some(oif) = best.and_then(|r| r.route.oif) else {
+            return Ok(None);
+        };
+        Ok(self.link_by_index(oif)?.map(|l| l.mtu))
+    }
+}
+
+fn parse_route(msg: &RouteMessage) -> Option<DumpedRoute> {
+    if msg.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(msg.header.table);
+    let mut dst = None;
+    let mut gateway = None;
+    let mut oif = None;
+    let mut priority = 0;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(a) => dst = ip(a),
+            RouteAttribute::Gateway(a) => gateway = ip(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Priority(p) => priority = *p,
+            RouteAttribute::MultiPath(hops) => {
+                if let Some(hop) = hops.first() {
+                    oif = oif.or(Some(hop.interface_index));
+                    for a in &hop.attributes {
+                        if let RouteAttribute::Gateway(g) = a {
+                            gateway = gateway.or(ip(g));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+        return None;
+    }
+    let dst = match (dst, msg.header.address_family) {
+        (Some(d), _) => d,
+        (None, AddressFamily::Inet) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (None, AddressFamily::Inet6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        (None, _) => return None,
+    };
+    Some(DumpedRoute {
+        route: Route {
+            dst,
+            prefix: msg.header.destination_prefix_length,
+            gateway,
+            oif,
+        },
+        priority,
+    })
+}
+
+fn ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn route_message(route: &Route) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = match route.dst {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.destination_prefix_length = route.prefix;
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.kind = RouteType::Unicast;
+    msg.header.scope = if route.gateway.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    if route.prefix > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(route.dst)));
+    }
+    if let Some(gw) = route.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    if let Some(oif) = route.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::testns::TestNs;
+
+    fn r(dst: &str, prefix: u8, gw: Option<&str>, oif: Option<u32>) -> Route {
+        Route {
+            dst: dst.parse().unwrap(),
+            prefix,
+            gateway: gw.map(|g| g.parse().unwrap()),
+            oif,
+        }
+    }
+
+    #[test]
+    fn pod_addresses_and_routes_with_ipv6_and_a_default_gateway() {
+        let host = TestNs::new("rh");
+        let pod = TestNs::new("rp");
+        let mut nl = Netlink::open_in(host.netns()).unwrap();
+        let br = nl.ensure_bridge("ohnotest0", Some(1500), false).unwrap();
+        nl.ensure_addr(br.index, "10.88.0.1".parse().unwrap(), 24).unwrap();
+        nl.ensure_addr(br.index, "fd00:88::1".parse().unwrap(), 64).unwrap();
+        nl.create_veth("vethrt", "c/eth0", "eth0", pod.netns(), 1500, None, br.index)
+            .unwrap();
+
+        let mut p = Netlink::open_in(pod.netns()).unwrap();
+        let eth0 = p.link_by_name("eth0").unwrap().unwrap();
+        p.set_up(eth0.index).unwrap();
+        let v4: IpAddr = "10.88.0.5".parse().unwrap();
+        let v6: IpAddr = "fd00:88::5".parse().unwrap();
+        p.ensure_addr(eth0.index, v4, 24).unwrap();
+        p.ensure_addr(eth0.index, v4, 24).unwrap(); // already exists: fine
+        p.ensure_addr(eth0.index, v6, 64).unwrap();
+        p.ensure_addr(eth0.index, v6, 64).unwrap();
+        let addrs = p.addrs(eth0.index).unwrap();
+        assert!(addrs.contains(&(v4, 24)), "{addrs:?}");
+        assert!(addrs.contains(&(v6, 64)), "{addrs:?}");
+        // NODAD: not tentative, usable at once.
+        let json = pod.exec(&["ip", "-j", "-6", "addr", "show", "dev", "eth0"]);
+        assert!(!json.contains("tentative"), "{json}");
+        assert!(json.contains("nodad"), "{json}");
+        let json = pod.exec(&["ip", "-j", "-4", "addr", "show", "dev", "eth0"]);
+        assert!(json.contains("\"broadcast\":\"10.88.0.255\""), "{json}");
+
+        let gw4 = r("0.0.0.0", 0, Some("10.88.0.1"), Some(eth0.index));
+        let gw6 = r("::", 0, Some("fd00:88::1"), Some(eth0.index));
+        let extra = r("192.168.50.0", 24, None, Some(eth0.index));
+        for route in [&gw4, &gw6, &extra] {
+            p.ensure_route(route).unwrap();
+            p.ensure_route(route).unwrap(); // EEXIST is success
+        }
+        let routes = p.routes().unwrap();
+        assert!(routes.contains(&gw4), "{routes:?}");
+        assert!(routes.contains(&gw6), "{routes:?}");
+        assert!(routes.contains(&extra), "{routes:?}");
+        // The kernel's connected route for the address.
+        assert!(routes.contains(&r("10.88.0.0", 24, None, Some(eth0.index))), "{routes:?}");
+        assert_eq!(p.default_route_mtu().unwrap(), Some(1500));
+        // The host netns has no default route.
+        assert_eq!(nl.default_route_mtu().unwrap(), None);
+
+        p.del_route(&extra).unwrap();
+        assert!(!p.routes().unwrap().contains(&extra));
+        assert!(p.del_route(&extra).unwrap_err().is_not_found());
+
+        // The gateway is reachable through the bridge.
+        pod.exec(&["ping", "-c", "1", "-W", "2", "10.88.0.1"]);
+
+        p.del_addr(eth0.index, v4, 24).unwrap();
+        assert!(!p.addrs(eth0.index).unwrap().contains(&(v4, 24)));
+        let err = p.del_addr(eth0.index, v4, 24).unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+    }
+
+    #[test]
+    fn unreachable_gateway_is_an_error_with_context() {
+        let pod = TestNs::new("rg");
+        let mut p = Netlink::open_in(pod.netns()).unwrap();
+        let lo = p.link_by_name("lo").unwrap().unwrap();
+        let err = p
+            .ensure_route(&r("0.0.0.0", 0, Some("10.99.0.1"), Some(lo.index)))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("add route 0.0.0.0/0 via 10.99.0.1 dev 1 in "), "{msg}");
+    }
+}

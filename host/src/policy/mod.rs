@@ -1,0 +1,149 @@
+//! The policy seam: the two decisions Ohno hands to a policy — which address (or
+//! pool) a pod gets, and what its host-side interface is called — and the built-in
+//! default policy. WebAssembly components plug in behind the same trait; every
+//! answer is validated by the host, never trusted.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::cni::config::{NetConf, PoolConf};
+use crate::cni::env::Env;
+use crate::error::{Error, Result};
+
+/// The pod as a policy sees it.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+    pub network: String,
+    pub node: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub uid: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+    pub args: Vec<(String, String)>,
+}
+
+impl Pod {
+    pub fn new(env: &Env, conf: &NetConf) -> Pod {
+        Pod {
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            netns: env.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            network: conf.name.clone(),
+            node: conf.node.clone(),
+            namespace: env.args.pod_namespace.clone(),
+            name: env.args.pod_name.clone(),
+            uid: env.args.pod_uid.clone(),
+            annotations: conf.requests.pod_annotations.clone(),
+            args: env.args.pairs.clone(),
+        }
+    }
+}
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    pub fn of_pool(p: &PoolConf) -> Family {
+        Family::of(p.subnet.addr())
+    }
+}
+
+/// The allocation decision for one family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allocation {
+    /// The first pool of the family, any free address.
+    Default,
+    /// This pool, any free address.
+    Pool(String),
+    /// This exact address from this pool.
+    Address { pool: String, address: IpAddr },
+    Deny(String),
+}
+
+/// The naming decision for the host-side interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Naming {
+    Default,
+    Name(String),
+    Deny(String),
+}
+
+/// A policy: Ohno's built-in one, or (later) a WebAssembly component.
+pub trait Policy {
+    /// Shown in errors and logs (the component's path for WebAssembly policies).
+    fn name(&self) -> &str;
+    fn allocate(&mut self, pod: &Pod, family: Family, pools: &[&PoolConf]) -> Result<Allocation>;
+    fn name_interface(&mut self, pod: &Pod) -> Result<Naming>;
+}
+
+/// The built-in policy: first pool of each family, host name from [`default_host_ifname`].
+pub struct DefaultPolicy;
+
+impl Policy for DefaultPolicy {
+    fn name(&self) -> &str {
+        "built-in default"
+    }
+    fn allocate(&mut self, _: &Pod, _: Family, _: &[&PoolConf]) -> Result<Allocation> {
+        Ok(Allocation::Default)
+    }
+    fn name_interface(&mut self, _: &Pod) -> Result<Naming> {
+        Ok(Naming::Default)
+    }
+}
+
+/// The policy a config names.
+pub fn load(conf: &NetConf) -> Result<Box<dyn Policy>> {
+    match &conf.policy {
+        None => Ok(Box::new(DefaultPolicy)),
+        Some(_) => Err(Error::UnsupportedField {
+            field: "policy".into(),
+            msg: "WebAssembly policies are not available in this build; remove \"policy\" to use the built-in default"
+                .into(),
+        }),
+    }
+}
+
+/// The built-in host-side name: `veth` + 11 hex digits of a hash of the container
+/// id and ifname — deterministic, 15 characters. `salt` > 0 picks an alternative
+/// when the name is taken by another attachment.
+pub fn default_host_ifname(container_id: &str, ifname: &str, salt: u32) -> String {
+    let h = crate::ipam::fnv1a64(&[container_id.as_bytes(), ifname.as_bytes(), &salt.to_be_bytes()]);
+    format!("veth{:011x}", h & 0xfff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::env::validate_ifname;
+
+    #[test]
+    fn host_name_rule_is_deterministic_legal_and_distinct() {
+        let a = default_host_ifname("abc123", "eth0", 0);
+        assert_eq!(a, default_host_ifname("abc123", "eth0", 0));
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("veth"));
+        validate_ifname(&a).unwrap();
+        assert_ne!(a, default_host_ifname("abc123", "eth1", 0));
+        assert_ne!(a, default_host_ifname("abc124", "eth0", 0));
+        assert_ne!(a, default_host_ifname("abc123", "eth0", 1));
+        // No collisions across many containers.
+        let names: std::collections::HashSet<String> =
+            (0..20_000).map(|i| default_host_ifname(&format!("container-{i}"), "eth0", 0)).collect();
+        assert_eq!(names.len(), 20_000);
+    }
+}

@@ -1,0 +1,251 @@
+//! The embedded single-node store: SQLite (bundled, via rusqlite) in WAL mode.
+//!
+//! Why SQLite: every `ohno` call is a new process, and many run at once when a node
+//! starts pods in a burst. SQLite is a well-kept embedded database whose file
+//! locking makes transactions safe across processes (redb and sled lock the file to
+//! one process at a time). `BEGIN IMMEDIATE` takes the write lock before the compares
+//! are evaluated, so compare-and-write is atomic across every plugin process on the
+//! node; readers never block writers in WAL mode. The etcd semantics (revisions,
+//! compares) are kept in two tables.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{prefix_end, Compare, KeyValue, Kv, Op, Txn};
+use crate::error::{Error, Result};
+
+/// File name of the database inside `dataDir`.
+pub const DB_FILE: &str = "ohno.db";
+/// How long a process waits for another's write lock before giving up (code 11).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const SCHEMA_VERSION: i64 = 1;
+
+pub struct LocalStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+        {
+            Error::TryAgainLater(format!("local store {}: {what}: {e}", path.display()))
+        }
+        _ => Error::Store(format!("local store {}: {what}: {e}", path.display())),
+    }
+}
+
+impl LocalStore {
+    /// Open (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<LocalStore> {
+        if !data_dir.exists() {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| Error::io(format!("create store directory {}", data_dir.display()), e))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let path = data_dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(|e| db_err(&path, "open", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db_err(&path, "set busy timeout", e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| db_err(&path, "read schema version", e))?;
+        if version != SCHEMA_VERSION {
+            Self::init_schema(&conn, &path)?;
+        }
+        // NORMAL is durable against process crashes in WAL mode; a power loss can lose
+        // the last transactions, and with them only pods that are gone too.
+        conn.execute_batch("PRAGMA synchronous=NORMAL;")
+            .map_err(|e| db_err(&path, "configure", e))?;
+        Ok(LocalStore {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    fn init_schema(conn: &Connection, path: &Path) -> Result<()> {
+        // WAL must be set outside a transaction; it persists in the file.
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .map_err(|e| db_err(path, "enable WAL", e))?;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS kv (
+                 key TEXT PRIMARY KEY NOT NULL,
+                 value BLOB NOT NULL,
+                 create_rev INTEGER NOT NULL,
+                 mod_rev INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 0), revision INTEGER NOT NULL);
+             INSERT OR IGNORE INTO meta (id, revision) VALUES (0, 0);
+             PRAGMA user_version = {SCHEMA_VERSION};
+             COMMIT;"
+        ))
+        .map_err(|e| db_err(path, "create schema", e))
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match self.conn.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn read_kv(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
+    Ok(KeyValue {
+        key: row.get(0)?,
+        value: row.get(1)?,
+        create_revision: row.get(2)?,
+        mod_revision: row.get(3)?,
+    })
+}
+
+impl Kv for LocalStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?1",
+            params![key],
+            read_kv,
+        )
+        .optional()
+        .map_err(|e| db_err(&self.path, &format!("get {key}"), e))
+    }
+
+    fn range(&self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>> {
+        let conn = self.conn();
+        let sql = if keys_only {
+            "SELECT key, x'', create_rev, mod_rev FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key"
+        } else {
+            "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key"
+        };
+        let err = |e| db_err(&self.path, &format!("range {prefix}"), e);
+        let mut stmt = conn.prepare(sql).map_err(err)?;
+        let rows = stmt.query_map(params![prefix, prefix_end(prefix)], read_kv).map_err(err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
+    }
+
+    fn txn(&self, txn: Txn) -> Result<bool> {
+        let mut conn = self.conn();
+        let err = |e| db_err(&self.path, "transaction", e);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let mut ok = true;
+        for c in &txn.compares {
+            let (key, want) = match c {
+                Compare::CreateRevision(k, _) | Compare::ModRevision(k, _) | Compare::Value(k, _) => (k, c),
+            };
+            let row: Option<(Vec<u8>, i64, i64)> = tx
+                .query_row(
+                    "SELECT value, create_rev, mod_rev FROM kv WHERE key = ?1",
+                    params![key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(err)?;
+            let holds = match want {
+                Compare::CreateRevision(_, rev) => row.as_ref().map_or(0, |r| r.1) == *rev,
+                Compare::ModRevision(_, rev) => row.as_ref().map_or(0, |r| r.2) == *rev,
+                Compare::Value(_, v) => row.as_ref().is_some_and(|r| &r.0 == v),
+            };
+            if !holds {
+                ok = false;
+                break;
+            }
+        }
+        let ops = if ok { &txn.success } else { &txn.failure };
+        if !ops.is_empty() {
+            let rev: i64 = tx
+                .query_row("UPDATE meta SET revision = revision + 1 WHERE id = 0 RETURNING revision", [], |r| {
+                    r.get(0)
+                })
+                .map_err(err)?;
+            for op in ops {
+                match op {
+                    Op::Put(k, v) => {
+                        tx.execute(
+                            "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?3)
+                             ON CONFLICT(key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev",
+                            params![k, v, rev],
+                        )
+                        .map_err(err)?;
+                    }
+                    Op::Delete(k) => {
+                        tx.execute("DELETE FROM kv WHERE key = ?1", params![k]).map_err(err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(ok)
+    }
+
+    fn ping(&self) -> Result<()> {
+        let conn = self.conn();
+        conn.query_row("SELECT revision FROM meta WHERE id = 0", [], |r| r.get::<_, i64>(0))
+            .map(|_| ())
+            .map_err(|e| db_err(&self.path, "ping", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "ohno-local-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn suite_put_get_range_delete() {
+        let d = tmp();
+        super::super::suite::put_get_range_delete(&LocalStore::open(&d).unwrap());
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn suite_compares_are_all_or_nothing() {
+        let d = tmp();
+        super::super::suite::compares_are_all_or_nothing(&LocalStore::open(&d).unwrap());
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn data_survives_reopen_and_concurrent_writers_never_both_win() {
+        let d = tmp();
+        let winners: Vec<bool> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|i| {
+                    let d = d.clone();
+                    s.spawn(move || {
+                        // Separate connections, like separate plugin processes.
+                        let st = LocalStore::open(&d).unwrap();
+                        st.txn(Txn::new().when(Compare::absent("/race")).put("/race", format!("{i}")))
+                            .unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(winners.iter().filter(|w| **w).count(), 1);
+        let again = LocalStore::open(&d).unwrap();
+        assert!(again.get("/race").unwrap().is_some());
+        std::fs::remove_dir_all(d).ok();
+    }
+}

@@ -1,0 +1,171 @@
+//! The key-value store behind IPAM. Its semantics are etcd's: get, prefix range
+//! (keys-only when enough), and transactions whose compares are on a key's
+//! create/mod revision or value. Every write Ohno does is such a transaction, so the
+//! allocator never reads-then-writes. Backends: `local` (embedded SQLite, safe across
+//! concurrent plugin processes on one node) and `memory` (tests, fault injection).
+
+pub mod local;
+pub mod memory;
+
+use crate::cni::config::StoreConf;
+use crate::error::Result;
+
+/// One key with its value and revisions (etcd's `mvccpb.KeyValue`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    /// Empty for keys-only ranges.
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+/// A condition of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key's create revision equals this; 0 means "the key does not exist".
+    CreateRevision(String, i64),
+    /// The key's mod revision equals this (optimistic concurrency on a read).
+    ModRevision(String, i64),
+    /// The key exists and holds exactly this value.
+    Value(String, Vec<u8>),
+}
+
+impl Compare {
+    /// "This key does not exist yet".
+    pub fn absent(key: impl Into<String>) -> Compare {
+        Compare::CreateRevision(key.into(), 0)
+    }
+}
+
+/// A write inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// If every compare holds, apply `success`, else `failure` — atomically.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+impl Txn {
+    pub fn new() -> Txn {
+        Txn::default()
+    }
+    pub fn when(mut self, c: Compare) -> Txn {
+        self.compares.push(c);
+        self
+    }
+    pub fn put(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Txn {
+        self.success.push(Op::Put(key.into(), value.into()));
+        self
+    }
+    pub fn delete(mut self, key: impl Into<String>) -> Txn {
+        self.success.push(Op::Delete(key.into()));
+        self
+    }
+}
+
+/// The etcd-like store interface the allocator is written against.
+pub trait Kv: Send + Sync {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+    /// All keys starting with `prefix`, in key order. `keys_only` leaves values empty.
+    fn range(&self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>>;
+    /// Apply `txn` atomically; `Ok(true)` when the compares held and `success` ran.
+    fn txn(&self, txn: Txn) -> Result<bool>;
+    /// Cheap liveness probe for STATUS (can an ADD reach the store now?).
+    fn ping(&self) -> Result<()> {
+        self.get("/").map(|_| ())
+    }
+}
+
+/// Open the backend a config names.
+pub fn open(conf: &StoreConf) -> Result<Box<dyn Kv>> {
+    match conf {
+        StoreConf::Local { data_dir, .. } => Ok(Box::new(local::LocalStore::open(data_dir)?)),
+    }
+}
+
+/// The end of a prefix range: the smallest key greater than every key with `prefix`.
+pub fn prefix_end(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0xff {
+            bytes.push(last + 1);
+            return String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    String::from("\u{10ffff}")
+}
+
+/// Shared behaviour tests: every backend must pass them (`store_suite!`).
+#[cfg(test)]
+pub(crate) mod suite {
+    use super::*;
+
+    pub fn put_get_range_delete(kv: &dyn Kv) {
+        assert!(kv.get("/t/a").unwrap().is_none());
+        assert!(kv.txn(Txn::new().when(Compare::absent("/t/a")).put("/t/a", "1")).unwrap());
+        assert!(!kv.txn(Txn::new().when(Compare::absent("/t/a")).put("/t/a", "2")).unwrap());
+        let a = kv.get("/t/a").unwrap().unwrap();
+        assert_eq!(a.value, b"1");
+        assert!(a.create_revision > 0);
+        assert_eq!(a.create_revision, a.mod_revision);
+        assert!(kv.txn(Txn::new().put("/t/b", "x").put("/t/c/d", "y").put("/u", "z")).unwrap());
+        let keys: Vec<String> = kv.range("/t/", true).unwrap().into_iter().map(|k| k.key).collect();
+        assert_eq!(keys, vec!["/t/a", "/t/b", "/t/c/d"]);
+        assert!(kv.range("/t/", true).unwrap().iter().all(|k| k.value.is_empty()));
+        assert_eq!(kv.range("/t/c/", false).unwrap()[0].value, b"y");
+        assert!(kv.txn(Txn::new().delete("/t/b")).unwrap());
+        assert!(kv.get("/t/b").unwrap().is_none());
+    }
+
+    pub fn compares_are_all_or_nothing(kv: &dyn Kv) {
+        assert!(kv.txn(Txn::new().put("/k", "v1")).unwrap());
+        let k = kv.get("/k").unwrap().unwrap();
+        // A failing compare applies nothing, not even the puts before it.
+        let t = Txn::new()
+            .when(Compare::ModRevision("/k".into(), k.mod_revision))
+            .when(Compare::absent("/k"))
+            .put("/other", "x")
+            .put("/k", "v2");
+        assert!(!kv.txn(t).unwrap());
+        assert!(kv.get("/other").unwrap().is_none());
+        assert_eq!(kv.get("/k").unwrap().unwrap().value, b"v1");
+        // Value and mod-revision compares.
+        assert!(kv
+            .txn(Txn::new().when(Compare::Value("/k".into(), b"v1".to_vec())).put("/k", "v2"))
+            .unwrap());
+        let k2 = kv.get("/k").unwrap().unwrap();
+        assert!(k2.mod_revision > k.mod_revision);
+        assert_eq!(k2.create_revision, k.create_revision);
+        assert!(!kv
+            .txn(Txn::new().when(Compare::ModRevision("/k".into(), k.mod_revision)).delete("/k"))
+            .unwrap());
+        assert!(!kv
+            .txn(Txn::new().when(Compare::Value("/missing".into(), vec![])).put("/x", "1"))
+            .unwrap());
+        // The failure branch runs when a compare fails.
+        let mut t = Txn::new().when(Compare::absent("/k")).put("/never", "1");
+        t.failure.push(Op::Put("/fallback".into(), b"1".to_vec()));
+        assert!(!kv.txn(t).unwrap());
+        assert!(kv.get("/fallback").unwrap().is_some());
+        assert!(kv.get("/never").unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_exclusive_upper_bound() {
+        assert_eq!(prefix_end("/a/"), "/a0");
+        assert!("/a/zzz" < prefix_end("/a/").as_str());
+    }
+}

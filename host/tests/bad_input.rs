@@ -1,0 +1,117 @@
+//! Bad requests fail with the right CNI error code, one error document on
+//! stdout, and no side effect: no link in the host netns, no store change.
+
+mod common;
+
+use common::{file_tree, run_plugin, Invocation, Node, Pod};
+use serde_json::json;
+
+/// Runs `inv` with `stdin` on a fresh node and asserts error `code` and that
+/// nothing changed; returns the error's `msg`.
+fn rejected(node: &Node, inv: &Invocation, stdin: &str, code: u64) -> String {
+    let links_before = node.host.link_names();
+    let store_before = file_tree(&node.store_dir());
+    let out = run_plugin(&node.host, inv, stdin);
+    let msg = out.error_with_code(code);
+    assert_eq!(node.host.link_names(), links_before, "{out}\nlinks changed");
+    assert_eq!(
+        file_tree(&node.store_dir()),
+        store_before,
+        "{out}\nstore changed"
+    );
+    msg
+}
+
+#[test]
+fn malformed_json_is_a_decode_error() {
+    let node = Node::new();
+    let pod = Pod::new();
+    rejected(
+        &node,
+        &Invocation::ohno("ADD", &pod),
+        "{\"cniVersion\": \"1.1.0\",",
+        6,
+    );
+    assert!(pod.ns.link("eth0").is_none());
+}
+
+#[test]
+fn unknown_cni_version_is_an_incompatible_version_error() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let conf = node.ohno_conf("9.9.9");
+    rejected(&node, &Invocation::ohno("ADD", &pod), &conf.to_string(), 1);
+}
+
+#[test]
+fn missing_cni_command_is_an_environment_error() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut inv = Invocation::ohno("ADD", &pod);
+    inv.command = None;
+    rejected(&node, &inv, &node.ohno_conf("1.1.0").to_string(), 4);
+}
+
+#[test]
+fn ifname_longer_than_15_chars_is_an_environment_error() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut inv = Invocation::ohno("ADD", &pod);
+    inv.ifname = "eth0123456789abc".to_owned();
+    assert_eq!(inv.ifname.len(), 16);
+    rejected(&node, &inv, &node.ohno_conf("1.1.0").to_string(), 4);
+    assert_eq!(pod.ns.link_names(), vec!["lo".to_owned()]);
+}
+
+#[test]
+fn container_id_with_a_slash_is_an_environment_error() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut inv = Invocation::ohno("ADD", &pod);
+    inv.container_id = "../../etc/passwd".to_owned();
+    rejected(&node, &inv, &node.ohno_conf("1.1.0").to_string(), 4);
+}
+
+#[test]
+fn netns_path_that_does_not_exist_is_an_environment_error() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut inv = Invocation::ohno("ADD", &pod);
+    inv.netns = format!("{}-does-not-exist", pod.ns.path());
+    rejected(&node, &inv, &node.ohno_conf("1.1.0").to_string(), 4);
+}
+
+#[test]
+fn subnet_with_prefix_33_is_an_invalid_config_naming_subnet() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut conf = node.ohno_conf("1.1.0");
+    conf["ipam"]["pools"][0]["subnet"] = json!("10.0.0.0/33");
+    let msg = rejected(&node, &Invocation::ohno("ADD", &pod), &conf.to_string(), 7);
+    assert!(
+        msg.contains("subnet"),
+        "msg does not name the field: {msg:?}"
+    );
+}
+
+#[test]
+fn block_larger_than_the_pool_is_an_invalid_config() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut conf = node.ohno_conf("1.1.0");
+    conf["ipam"]["pools"][0]["blockSize"] = json!(8);
+    rejected(&node, &Invocation::ohno("ADD", &pod), &conf.to_string(), 7);
+}
+
+#[test]
+fn check_with_cni_version_0_3_1_is_an_incompatible_version_error() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let conf = node.ohno_conf("0.3.1");
+    rejected(
+        &node,
+        &Invocation::ohno("CHECK", &pod),
+        &conf.to_string(),
+        1,
+    );
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs what building, testing, demoing and benchmarking Ohno need.
+# Idempotent and fast when already done: apt runs only for missing packages,
+# and `apt-get update` only when something is missing.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# Debian packages:
+#   nftables                    masquerade rules (ipMasq) and their tests
+#   etcd-server etcd-client     the etcd store backend and its integration tests
+#   containernetworking-plugins reference plugins in /usr/lib/cni (bridge, host-local,
+#                               portmap, tuning, ...) for chaining tests and the benchmark
+#   golang-go golang-github-appc-cni-dev  libcni, built offline, as a real CNI client
+#   protobuf-compiler           etcd client code generation
+#   iproute2 iputils-ping       netns integration tests, demo
+#   openssl                     certificates for the mTLS etcd cluster
+#   valgrind linux-perf         memcheck and flamegraph targets
+#   jq                          the demo script
+PACKAGES=(
+    nftables etcd-server etcd-client containernetworking-plugins
+    golang-go golang-github-appc-cni-dev protobuf-compiler
+    iproute2 iputils-ping openssl valgrind linux-perf jq
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}" >&2
+    sudo=()
+    if [[ $(id -u) -ne 0 ]]; then sudo=(sudo); fi
+    "${sudo[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# Debian installs the reference plugins here; tests and the bench rely on it.
+if [[ ! -x /usr/lib/cni/bridge || ! -x /usr/lib/cni/host-local ]]; then
+    echo "setup: reference CNI plugins not found in /usr/lib/cni" >&2
+    echo "       (dpkg -L containernetworking-plugins lists where they went)" >&2
+    exit 1
+fi
+
+# Rust: the toolchain pinned in rust-toolchain.toml, its components and targets.
+if ! command -v rustup >/dev/null 2>&1; then
+    echo "setup: rustup not found; install it from https://rustup.rs" >&2
+    exit 1
+fi
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+if ! rustup toolchain list | grep -q "^${toolchain}-"; then
+    rustup toolchain install "$toolchain" --profile minimal
+fi
+installed_components=$(rustup +"$toolchain" component list --installed)
+for component in rustfmt clippy; do
+    if ! grep -q "^${component}-" <<<"$installed_components"; then
+        rustup +"$toolchain" component add "$component"
+    fi
+done
+if ! rustup +"$toolchain" target list --installed | grep -qx wasm32-wasip2; then
+    rustup +"$toolchain" target add wasm32-wasip2
+fi
