@@ -22,7 +22,13 @@ impl log::Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = format!("{} {:<5} [{}] {}\n", timestamp(), r.level(), self.tag, r.args());
+        let line = format!(
+            "{} {:<5} [{}] {}\n",
+            timestamp(),
+            r.level(),
+            self.tag,
+            r.args()
+        );
         if let Some(f) = &self.file {
             if let Ok(mut f) = f.lock() {
                 let _ = f.write_all(line.as_bytes());
@@ -48,7 +54,11 @@ pub fn init(file: &Path, level: log::LevelFilter, tag: String) {
         match OpenOptions::new().create(true).append(true).open(file) {
             Ok(f) => Some(Mutex::new(f)),
             Err(e) => {
-                let _ = writeln!(std::io::stderr(), "ohno: cannot open log file {}: {e}", file.display());
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "ohno: cannot open log file {}: {e}",
+                    file.display()
+                );
                 None
             }
         }

@@ -11,7 +11,11 @@ use ohno::ipam::Allocator;
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "ohnoctl", version, about = "Inspect and operate Ohno's IP address management")]
+#[command(
+    name = "ohnoctl",
+    version,
+    about = "Inspect and operate Ohno's IP address management"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Top,
@@ -69,11 +73,9 @@ fn load_conf(path: &PathBuf) -> Result<NetConf> {
                 p.get("type").and_then(Value::as_str) == Some("ohno")
                     || p.pointer("/ipam/type").and_then(Value::as_str) == Some("ohno")
             };
-            let mut p = plugins
-                .iter()
-                .find(is_ohno)
-                .cloned()
-                .ok_or_else(|| Error::config("plugins", "no plugin of type ohno in this conflist"))?;
+            let mut p = plugins.iter().find(is_ohno).cloned().ok_or_else(|| {
+                Error::config("plugins", "no plugin of type ohno in this conflist")
+            })?;
             for k in ["cniVersion", "name"] {
                 if let (Some(obj), Some(val)) = (p.as_object_mut(), v.get(k)) {
                     obj.entry(k).or_insert(val.clone());
@@ -95,10 +97,16 @@ fn ls(config: &PathBuf, json: bool) -> Result<()> {
             .iter()
             .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&docs).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&docs).unwrap_or_default()
+        );
         return Ok(());
     }
-    println!("{:<12} {:<24} {:<8} {:<12} {:<28} ADDRESSES", "NETWORK", "CONTAINER", "IFNAME", "NODE", "POD");
+    println!(
+        "{:<12} {:<24} {:<8} {:<12} {:<28} ADDRESSES",
+        "NETWORK", "CONTAINER", "IFNAME", "NODE", "POD"
+    );
     for a in &atts {
         let o = &a.owner;
         let pod = match (&o.pod_namespace, &o.pod_name) {

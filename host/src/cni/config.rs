@@ -205,11 +205,21 @@ impl NetConf {
             what: "network config".into(),
             msg: e.to_string(),
         })?;
-        let cni_version = version::negotiate(raw.cni_version.as_deref(), raw.cni_versions.as_deref())?;
-        let name = raw.name.clone().ok_or_else(|| Error::config("name", "missing"))?;
+        let cni_version =
+            version::negotiate(raw.cni_version.as_deref(), raw.cni_versions.as_deref())?;
+        let name = raw
+            .name
+            .clone()
+            .ok_or_else(|| Error::config("name", "missing"))?;
         validate_network_name(&name)?;
-        let plugin_type = raw.plugin_type.clone().ok_or_else(|| Error::config("type", "missing"))?;
-        let bridge = raw.bridge.clone().unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
+        let plugin_type = raw
+            .plugin_type
+            .clone()
+            .ok_or_else(|| Error::config("type", "missing"))?;
+        let bridge = raw
+            .bridge
+            .clone()
+            .unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
         validate_ifname(&bridge).map_err(|m| Error::config("bridge", m))?;
         if let Some(mtu) = raw.mtu {
             if !(68..=65535).contains(&mtu) {
@@ -302,7 +312,10 @@ fn default_node_name() -> Result<String> {
 }
 
 fn validate_network_name(name: &str) -> Result<()> {
-    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     let ok_rest = name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -317,7 +330,11 @@ fn validate_network_name(name: &str) -> Result<()> {
 
 /// Names that become one segment of a store key: no '/', not empty, printable.
 fn validate_key_segment(field: &str, v: &str) -> Result<()> {
-    if v.is_empty() || v.len() > 253 || v.contains('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if v.is_empty()
+        || v.len() > 253
+        || v.contains('/')
+        || v.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(Error::config(
             field,
             format!("{v:?} must be 1-253 printable characters without '/' or whitespace"),
@@ -345,7 +362,10 @@ fn parse_ipam(raw: Option<&RawIpam>) -> Result<IpamConf> {
     for (i, p) in raw.pools.iter().enumerate() {
         let pool = parse_pool(i, p)?;
         if pools.iter().any(|q| q.name == pool.name) {
-            return Err(Error::config(format!("ipam.pools[{i}].name"), format!("duplicate pool name {:?}", pool.name)));
+            return Err(Error::config(
+                format!("ipam.pools[{i}].name"),
+                format!("duplicate pool name {:?}", pool.name),
+            ));
         }
         if let Some(q) = pools.iter().find(|q| q.subnet.overlaps(&pool.subnet)) {
             return Err(Error::config(
@@ -358,41 +378,71 @@ fn parse_ipam(raw: Option<&RawIpam>) -> Result<IpamConf> {
     let mut routes = Vec::with_capacity(raw.routes.len());
     for (i, r) in raw.routes.iter().enumerate() {
         let field = format!("ipam.routes[{i}].dst");
-        let dst = r.dst.as_deref().ok_or_else(|| Error::config(&field, "missing"))?;
+        let dst = r
+            .dst
+            .as_deref()
+            .ok_or_else(|| Error::config(&field, "missing"))?;
         let dst = Cidr::parse(dst).map_err(|m| Error::config(&field, m))?;
         let gw = match &r.gw {
-            Some(g) => Some(
-                g.parse::<IpAddr>()
-                    .map_err(|_| Error::config(format!("ipam.routes[{i}].gw"), format!("{g:?} is not an IP address")))?,
-            ),
+            Some(g) => Some(g.parse::<IpAddr>().map_err(|_| {
+                Error::config(
+                    format!("ipam.routes[{i}].gw"),
+                    format!("{g:?} is not an IP address"),
+                )
+            })?),
             None => None,
         };
         if let Some(g) = gw {
             if g.is_ipv4() != dst.is_ipv4() {
-                return Err(Error::config(format!("ipam.routes[{i}].gw"), "family differs from dst"));
+                return Err(Error::config(
+                    format!("ipam.routes[{i}].gw"),
+                    "family differs from dst",
+                ));
             }
         }
         routes.push(RouteConf { dst, gw });
     }
     let store = parse_store(raw.store.as_ref())?;
-    Ok(IpamConf { pools, routes, store })
+    Ok(IpamConf {
+        pools,
+        routes,
+        store,
+    })
 }
 
 fn parse_pool(i: usize, p: &RawPool) -> Result<PoolConf> {
     let f = |name: &str| format!("ipam.pools[{i}].{name}");
-    let name = p.name.clone().unwrap_or_else(|| if i == 0 { "default".into() } else { format!("pool{i}") });
+    let name = p.name.clone().unwrap_or_else(|| {
+        if i == 0 {
+            "default".into()
+        } else {
+            format!("pool{i}")
+        }
+    });
     if name.is_empty()
         || name.len() > 63
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
     {
-        return Err(Error::config(f("name"), format!("{name:?} must be 1-63 letters, digits, '_', '.', '-'")));
+        return Err(Error::config(
+            f("name"),
+            format!("{name:?} must be 1-63 letters, digits, '_', '.', '-'"),
+        ));
     }
-    let subnet_s = p.subnet.as_deref().ok_or_else(|| Error::config(f("subnet"), "missing"))?;
+    let subnet_s = p
+        .subnet
+        .as_deref()
+        .ok_or_else(|| Error::config(f("subnet"), "missing"))?;
     let subnet = Cidr::parse(subnet_s).map_err(|m| Error::config(f("subnet"), m))?;
     if subnet.addr() != subnet.network() {
         return Err(Error::config(
             f("subnet"),
-            format!("{subnet_s} has host bits set; did you mean {}/{}?", subnet.network(), subnet.prefix()),
+            format!(
+                "{subnet_s} has host bits set; did you mean {}/{}?",
+                subnet.network(),
+                subnet.prefix()
+            ),
         ));
     }
     let max_block = if subnet.is_ipv4() { 30 } else { 126 };
@@ -408,7 +458,10 @@ fn parse_pool(i: usize, p: &RawPool) -> Result<PoolConf> {
         ));
     }
     if !subnet.is_ipv4() && subnet.prefix() < 8 {
-        return Err(Error::config(f("subnet"), "IPv6 pools must be /8 or longer"));
+        return Err(Error::config(
+            f("subnet"),
+            "IPv6 pools must be /8 or longer",
+        ));
     }
     let mut exclude = Vec::with_capacity(p.exclude.len());
     for (j, e) in p.exclude.iter().enumerate() {
@@ -423,7 +476,10 @@ fn parse_pool(i: usize, p: &RawPool) -> Result<PoolConf> {
         }
         .map_err(|m| Error::config(&field, m))?;
         if !subnet.overlaps(&c) {
-            return Err(Error::config(&field, format!("{c} is outside subnet {subnet}")));
+            return Err(Error::config(
+                &field,
+                format!("{c} is outside subnet {subnet}"),
+            ));
         }
         exclude.push(c);
     }
@@ -435,7 +491,10 @@ fn parse_pool(i: usize, p: &RawPool) -> Result<PoolConf> {
                     .parse::<IpAddr>()
                     .map_err(|_| Error::config(f(name), format!("{s:?} is not an IP address")))?;
                 if !subnet.contains(ip) {
-                    return Err(Error::config(f(name), format!("{ip} is outside subnet {subnet}")));
+                    return Err(Error::config(
+                        f(name),
+                        format!("{ip} is outside subnet {subnet}"),
+                    ));
                 }
                 Ok(Some(ip))
             }
@@ -445,7 +504,10 @@ fn parse_pool(i: usize, p: &RawPool) -> Result<PoolConf> {
     let range_end = parse_bound(&p.range_end, "rangeEnd")?;
     if let (Some(s), Some(e)) = (range_start, range_end) {
         if crate::ipam::cidr::to_u128(s) > crate::ipam::cidr::to_u128(e) {
-            return Err(Error::config(f("rangeEnd"), format!("{e} is before rangeStart {s}")));
+            return Err(Error::config(
+                f("rangeEnd"),
+                format!("{e} is before rangeStart {s}"),
+            ));
         }
     }
     Ok(PoolConf {
@@ -462,7 +524,10 @@ fn parse_store(raw: Option<&RawStore>) -> Result<StoreConf> {
     let prefix = raw
         .and_then(|s| s.prefix.clone())
         .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
-    if !prefix.starts_with('/') || prefix.ends_with('/') && prefix.len() > 1 || prefix.contains("//") {
+    if !prefix.starts_with('/')
+        || prefix.ends_with('/') && prefix.len() > 1
+        || prefix.contains("//")
+    {
         return Err(Error::config(
             "ipam.store.prefix",
             format!("{prefix:?} must start with '/' and not end with '/'"),
@@ -470,7 +535,10 @@ fn parse_store(raw: Option<&RawStore>) -> Result<StoreConf> {
     }
     match raw.and_then(|s| s.store_type.as_deref()).unwrap_or("local") {
         "local" => Ok(StoreConf::Local {
-            data_dir: PathBuf::from(raw.and_then(|s| s.data_dir.clone()).unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+            data_dir: PathBuf::from(
+                raw.and_then(|s| s.data_dir.clone())
+                    .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            ),
             prefix,
         }),
         other => Err(Error::config(
@@ -517,11 +585,16 @@ fn parse_requests(raw: &RawNetConf, env_ips: &[IpAddr]) -> Result<Requests> {
     }
     let mac = match rc.mac.as_deref() {
         None | Some("") => None,
-        Some(m) => Some(parse_mac(m).ok_or_else(|| Error::config("runtimeConfig.mac", format!("{m:?} is not a MAC address")))?),
+        Some(m) => Some(parse_mac(m).ok_or_else(|| {
+            Error::config("runtimeConfig.mac", format!("{m:?} is not a MAC address"))
+        })?),
     };
     if let Some(m) = mac {
         if m[0] & 1 == 1 {
-            return Err(Error::config("runtimeConfig.mac", "a multicast MAC cannot be an interface address"));
+            return Err(Error::config(
+                "runtimeConfig.mac",
+                "a multicast MAC cannot be an interface address",
+            ));
         }
     }
     Ok(Requests {
@@ -550,7 +623,10 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// Format a MAC as lower-case `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(m: &[u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 #[cfg(test)]
@@ -577,7 +653,10 @@ mod tests {
         assert_eq!(c.log_file, PathBuf::from("/var/log/ohno.log"));
         assert_eq!(
             c.ipam.store,
-            StoreConf::Local { data_dir: PathBuf::from("/var/lib/ohno"), prefix: "/ohno".into() }
+            StoreConf::Local {
+                data_dir: PathBuf::from("/var/lib/ohno"),
+                prefix: "/ohno".into()
+            }
         );
     }
 
@@ -663,7 +742,10 @@ mod tests {
         let c = NetConf::parse(v.to_string().as_bytes(), &["10.85.3.9".parse().unwrap()]).unwrap();
         assert_eq!(c.requests.ips.len(), 3);
         assert_eq!(c.requests.mac, Some([0x0a, 0x58, 0x0a, 0x55, 0, 5]));
-        assert_eq!(c.requests.pod_annotations.get("team").map(String::as_str), Some("blue"));
+        assert_eq!(
+            c.requests.pod_annotations.get("team").map(String::as_str),
+            Some("blue")
+        );
         let mut v = base();
         v["runtimeConfig"] = json!({"mac": "zz"});
         assert!(field_error(v).contains("runtimeConfig.mac"));

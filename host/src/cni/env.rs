@@ -78,7 +78,12 @@ impl Env {
             msg: "missing".into(),
         })?)?;
         let path = nonempty("CNI_PATH")
-            .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+            .map(|p| {
+                p.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
         let args = CniArgs::parse(&get("CNI_ARGS").unwrap_or_default())?;
         let mut env = Env {
@@ -144,7 +149,9 @@ pub fn validate_container_id(id: &str) -> Result<()> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
-        return Err(bad(format!("{id:?} contains {c:?}; allowed: letters, digits, '_', '.', '-'")));
+        return Err(bad(format!(
+            "{id:?} contains {c:?}; allowed: letters, digits, '_', '.', '-'"
+        )));
     }
     if id.len() > 256 {
         return Err(bad("longer than 256 characters".into()));
@@ -159,7 +166,10 @@ pub fn validate_ifname(name: &str) -> std::result::Result<(), String> {
         return Err("interface name is empty".into());
     }
     if name.len() > 15 {
-        return Err(format!("interface name {name:?} is {} bytes, longer than 15", name.len()));
+        return Err(format!(
+            "interface name {name:?} is {} bytes, longer than 15",
+            name.len()
+        ));
     }
     if name == "." || name == ".." {
         return Err(format!("interface name {name:?} is not allowed"));
@@ -179,14 +189,28 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Env> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Env::from_lookup(|k| m.get(k).cloned())
     }
 
     #[test]
     fn add_needs_everything() {
-        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]).unwrap_err();
-        assert!(matches!(e, Error::InvalidEnv { var: "CNI_NETNS", .. }));
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            Error::InvalidEnv {
+                var: "CNI_NETNS",
+                ..
+            }
+        ));
         let ok = env(&[
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", "c1"),
@@ -207,7 +231,12 @@ mod tests {
 
     #[test]
     fn del_without_netns_is_fine() {
-        let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]).unwrap();
+        let e = env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap();
         assert!(e.netns.is_none());
     }
 
@@ -227,9 +256,25 @@ mod tests {
             env(&v)
         };
         let e = with(&[("CNI_CONTAINERID", "a/b"), ("CNI_IFNAME", "eth0")]).unwrap_err();
-        assert!(matches!(e, Error::InvalidEnv { var: "CNI_CONTAINERID", .. }));
-        let e = with(&[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "abcdefghijklmnop")]).unwrap_err();
-        assert!(matches!(e, Error::InvalidEnv { var: "CNI_IFNAME", .. }));
+        assert!(matches!(
+            e,
+            Error::InvalidEnv {
+                var: "CNI_CONTAINERID",
+                ..
+            }
+        ));
+        let e = with(&[
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "abcdefghijklmnop"),
+        ])
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            Error::InvalidEnv {
+                var: "CNI_IFNAME",
+                ..
+            }
+        ));
         let e = env(&[
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", "c1"),
@@ -237,7 +282,13 @@ mod tests {
             ("CNI_NETNS", "/var/run/netns/does-not-exist-ohno"),
         ])
         .unwrap_err();
-        assert!(matches!(e, Error::InvalidEnv { var: "CNI_NETNS", .. }));
+        assert!(matches!(
+            e,
+            Error::InvalidEnv {
+                var: "CNI_NETNS",
+                ..
+            }
+        ));
     }
 
     #[test]

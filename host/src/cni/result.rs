@@ -66,7 +66,10 @@ pub struct CniResult {
 impl CniResult {
     /// Parse a result or prevResult of any supported version.
     pub fn parse(v: &Value) -> Result<CniResult> {
-        let version = v.get("cniVersion").and_then(Value::as_str).unwrap_or(LATEST);
+        let version = v
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(LATEST);
         if !SUPPORTED.contains(&version) {
             return Err(Error::IncompatibleVersion(format!(
                 "prevResult cniVersion {version:?} is not supported"
@@ -149,8 +152,16 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "ohno0".into(), mac: Some("aa:bb:cc:dd:ee:01".into()), ..Default::default() },
-                Interface { name: "veth0123456789a".into(), mac: Some("aa:bb:cc:dd:ee:02".into()), ..Default::default() },
+                Interface {
+                    name: "ohno0".into(),
+                    mac: Some("aa:bb:cc:dd:ee:01".into()),
+                    ..Default::default()
+                },
+                Interface {
+                    name: "veth0123456789a".into(),
+                    mac: Some("aa:bb:cc:dd:ee:02".into()),
+                    ..Default::default()
+                },
                 Interface {
                     name: "eth0".into(),
                     mac: Some("aa:bb:cc:dd:ee:03".into()),
@@ -159,10 +170,21 @@ mod tests {
                 },
             ],
             ips: vec![
-                IpConfig { address: "10.85.4.2/26".into(), gateway: Some("10.85.4.1".into()), interface: Some(2) },
-                IpConfig { address: "fd00::2/122".into(), gateway: Some("fd00::1".into()), interface: Some(2) },
+                IpConfig {
+                    address: "10.85.4.2/26".into(),
+                    gateway: Some("10.85.4.1".into()),
+                    interface: Some(2),
+                },
+                IpConfig {
+                    address: "fd00::2/122".into(),
+                    gateway: Some("fd00::1".into()),
+                    interface: Some(2),
+                },
             ],
-            routes: vec![Route { dst: "0.0.0.0/0".into(), gw: Some("10.85.4.1".into()) }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some("10.85.4.1".into()),
+            }],
             dns: Dns::default(),
         }
     }
@@ -189,14 +211,26 @@ mod tests {
         let mut j = sample().to_json("1.0.0");
         j["cniVersion"] = json!("7.0.0");
         assert_eq!(CniResult::parse(&j).unwrap_err().code(), 1);
-        assert_eq!(CniResult::parse(&json!({"ips": "nope"})).unwrap_err().code(), 6);
+        assert_eq!(
+            CniResult::parse(&json!({"ips": "nope"}))
+                .unwrap_err()
+                .code(),
+            6
+        );
     }
 
     #[test]
     fn merge_reindexes_interfaces() {
         let prev = CniResult {
-            interfaces: vec![Interface { name: "x".into(), ..Default::default() }],
-            ips: vec![IpConfig { address: "192.168.1.2/24".into(), gateway: None, interface: Some(0) }],
+            interfaces: vec![Interface {
+                name: "x".into(),
+                ..Default::default()
+            }],
+            ips: vec![IpConfig {
+                address: "192.168.1.2/24".into(),
+                gateway: None,
+                interface: Some(0),
+            }],
             ..Default::default()
         };
         let m = prev.merge(sample());
@@ -211,6 +245,9 @@ mod tests {
         let j = error_json("1.1.0", &e);
         assert_eq!(j["code"], 7);
         assert_eq!(j["cniVersion"], "1.1.0");
-        assert!(j["details"].as_str().unwrap().contains("ipam.pools[0].subnet"));
+        assert!(j["details"]
+            .as_str()
+            .unwrap()
+            .contains("ipam.pools[0].subnet"));
     }
 }

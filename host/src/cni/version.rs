@@ -93,7 +93,11 @@ mod tests {
 
     #[test]
     fn negotiate_picks_newest_supported_from_list() {
-        let list = vec!["0.4.0".to_string(), "1.1.0".to_string(), "2.0.0".to_string()];
+        let list = vec![
+            "0.4.0".to_string(),
+            "1.1.0".to_string(),
+            "2.0.0".to_string(),
+        ];
         assert_eq!(negotiate(Some("0.4.0"), Some(&list)).unwrap(), "1.1.0");
         assert_eq!(negotiate(Some("1.0.0"), None).unwrap(), "1.0.0");
         let none = vec!["3.0.0".to_string()];

@@ -33,7 +33,11 @@ pub fn run(inv: &Invocation) -> Result<Value> {
         var: "CNI_NETNS",
         msg: e.to_string(),
     })?;
-    let prev = conf.prev_result.as_ref().map(CniResult::parse).transpose()?;
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .map(CniResult::parse)
+        .transpose()?;
     let pod = Pod::new(env, conf);
     let mut policy = policy::load(conf)?;
 
@@ -65,7 +69,12 @@ pub fn run(inv: &Invocation) -> Result<Value> {
         "{} {}: {}",
         if repeat { "found" } else { "allocated" },
         id.container_id,
-        record.ips.iter().map(|i| i.address.as_str()).collect::<Vec<_>>().join(", ")
+        record
+            .ips
+            .iter()
+            .map(|i| i.address.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let mut made = Made::default();
@@ -132,7 +141,10 @@ fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<Vec
                 address: ip.to_string(),
                 msg: "requested address is in none of the configured pools".into(),
             })?;
-        if wants.iter().any(|w: &Want<'_>| Family::of_pool(w.pool) == Family::of(*ip)) {
+        if wants
+            .iter()
+            .any(|w: &Want<'_>| Family::of_pool(w.pool) == Family::of(*ip))
+        {
             return Err(Error::AddressUnavailable {
                 address: ip.to_string(),
                 msg: "more than one address requested for the same family".into(),
@@ -147,7 +159,8 @@ fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<Vec
         if wants.iter().any(|w| Family::of_pool(w.pool) == fam) {
             continue;
         }
-        let of_family: Vec<&PoolConf> = pools.iter().filter(|p| Family::of_pool(p) == fam).collect();
+        let of_family: Vec<&PoolConf> =
+            pools.iter().filter(|p| Family::of_pool(p) == fam).collect();
         let decision = policy.allocate(pod, fam, &of_family)?;
         let fault = |reason: String| Error::PolicyFault {
             policy: policy.name().to_string(),
@@ -159,17 +172,22 @@ fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<Vec
                 address: None,
             },
             Allocation::Pool(name) => Want {
-                pool: of_family
-                    .iter()
-                    .find(|p| p.name == name)
-                    .ok_or_else(|| fault(format!("chose pool {name:?}, which is not a pool of this family")))?,
+                pool: of_family.iter().find(|p| p.name == name).ok_or_else(|| {
+                    fault(format!(
+                        "chose pool {name:?}, which is not a pool of this family"
+                    ))
+                })?,
                 address: None,
             },
             Allocation::Address { pool, address } => Want {
                 pool: of_family
                     .iter()
                     .find(|p| p.name == pool && p.subnet.contains(address))
-                    .ok_or_else(|| fault(format!("chose {address} in pool {pool:?}, which does not hold it")))?,
+                    .ok_or_else(|| {
+                        fault(format!(
+                            "chose {address} in pool {pool:?}, which does not hold it"
+                        ))
+                    })?,
                 address: Some(address),
             },
             Allocation::Deny(reason) => {
@@ -233,7 +251,16 @@ fn wire(
 
     // The veth pair: pod end born in the pod netns with its final name.
     let alias = format!("{}/{}", env.container_id, env.ifname);
-    let host_veth = create_veth(&mut host, host_name, &alias, inv, netns, mtu, bridge.index, made)?;
+    let host_veth = create_veth(
+        &mut host,
+        host_name,
+        &alias,
+        inv,
+        netns,
+        mtu,
+        bridge.index,
+        made,
+    )?;
     if conf.hairpin_mode {
         host.set_hairpin(host_veth.index, true)?;
     }
@@ -274,7 +301,9 @@ fn wire(
     }
     fault_point("masquerade")?;
 
-    Ok(result(conf, netns, &bridge, &host_veth, &pod_link, &addrs, &routes))
+    Ok(result(
+        conf, netns, &bridge, &host_veth, &pod_link, &addrs, &routes,
+    ))
 }
 
 /// Create the pair under the chosen (or default) host name. A name held by another
@@ -297,7 +326,15 @@ fn create_veth(
             Some(n) => n.to_string(),
             None => default_host_ifname(&env.container_id, &env.ifname, salt),
         };
-        match host.create_veth(&name, alias, &env.ifname, netns, mtu, inv.conf.requests.mac, bridge) {
+        match host.create_veth(
+            &name,
+            alias,
+            &env.ifname,
+            netns,
+            mtu,
+            inv.conf.requests.mac,
+            bridge,
+        ) {
             Ok(link) => {
                 made.veth = Some(link.index);
                 return Ok(link);
@@ -321,7 +358,9 @@ fn create_veth(
                         std::io::Error::from_raw_os_error(libc::EEXIST),
                     ));
                 }
-                log::warn!("host interface name {name} is taken by another attachment; trying another");
+                log::warn!(
+                    "host interface name {name} is taken by another attachment; trying another"
+                );
             }
             Err(e) => return Err(e),
         }
@@ -349,7 +388,12 @@ fn pod_routes(conf: &NetConf, addrs: &[(IpAddr, Cidr)]) -> Vec<(Cidr, IpAddr)> {
                 push(dst, gw);
             }
         }
-        for r in conf.ipam.routes.iter().filter(|r| r.dst.is_ipv4() == addr.is_ipv4()) {
+        for r in conf
+            .ipam
+            .routes
+            .iter()
+            .filter(|r| r.dst.is_ipv4() == addr.is_ipv4())
+        {
             push(r.dst.canonical(), r.gw.unwrap_or(gw));
         }
     }

@@ -16,17 +16,19 @@ use crate::store;
 pub fn run(inv: &Invocation) -> Result<()> {
     let (env, conf) = (&inv.env, &inv.conf);
     let fail = |m: String| Error::CheckFailed(m);
-    let prev = conf
-        .prev_result
-        .as_ref()
-        .ok_or_else(|| Error::config("prevResult", "CHECK needs the result of ADD in prevResult"))?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        Error::config("prevResult", "CHECK needs the result of ADD in prevResult")
+    })?;
     let prev = CniResult::parse(prev)?;
 
     let kv = store::open(&conf.ipam.store)?;
     let alloc = Allocator::new(&*kv, conf.ipam.store.prefix(), &conf.node);
-    let record = alloc
-        .find(&inv.attachment_id())?
-        .ok_or_else(|| fail(format!("no allocation recorded for {}/{}", env.container_id, env.ifname)))?;
+    let record = alloc.find(&inv.attachment_id())?.ok_or_else(|| {
+        fail(format!(
+            "no allocation recorded for {}/{}",
+            env.container_id, env.ifname
+        ))
+    })?;
 
     let netns_path = env.netns.as_deref().ok_or(Error::InvalidEnv {
         var: "CNI_NETNS",
@@ -42,37 +44,55 @@ pub fn run(inv: &Invocation) -> Result<()> {
         .interfaces
         .iter()
         .position(|i| i.name == env.ifname && i.sandbox.is_some())
-        .ok_or_else(|| fail(format!("prevResult has no interface {} in a sandbox", env.ifname)))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "prevResult has no interface {} in a sandbox",
+                env.ifname
+            ))
+        })?;
 
     let mut pod = Netlink::open_in(&netns)?;
-    let link = pod
-        .link_by_name(&env.ifname)?
-        .ok_or_else(|| fail(format!("interface {} is missing in {}", env.ifname, netns_path.display())))?;
+    let link = pod.link_by_name(&env.ifname)?.ok_or_else(|| {
+        fail(format!(
+            "interface {} is missing in {}",
+            env.ifname,
+            netns_path.display()
+        ))
+    })?;
     if let Some(mac) = &prev.interfaces[ours].mac {
         let have = link.mac.as_ref().map(crate::cni::config::format_mac);
         if have.as_deref() != Some(mac.as_str()) {
-            return Err(fail(format!("{} has MAC {have:?}, prevResult says {mac}", env.ifname)));
+            return Err(fail(format!(
+                "{} has MAC {have:?}, prevResult says {mac}",
+                env.ifname
+            )));
         }
     }
     let have: Vec<(IpAddr, u8)> = pod.addrs(link.index)?;
     for ip in prev.ips.iter().filter(|ip| ip.interface == Some(ours)) {
-        let want = Cidr::parse(&ip.address).map_err(|m| fail(format!("prevResult address: {m}")))?;
+        let want =
+            Cidr::parse(&ip.address).map_err(|m| fail(format!("prevResult address: {m}")))?;
         if !have.contains(&(want.addr(), want.prefix())) {
             return Err(fail(format!("{} is missing address {want}", env.ifname)));
         }
         if !record.ips.iter().any(|r| r.address == ip.address) {
-            return Err(fail(format!("address {want} is not recorded for this attachment")));
+            return Err(fail(format!(
+                "address {want} is not recorded for this attachment"
+            )));
         }
     }
     let routes = pod.routes()?;
     for r in &prev.routes {
         let dst = Cidr::parse(&r.dst).map_err(|m| fail(format!("prevResult route: {m}")))?;
         let gw = r.gw.as_deref().and_then(|g| g.parse::<IpAddr>().ok());
-        let found = routes
-            .iter()
-            .any(|x| x.dst == dst.network() && x.prefix == dst.prefix() && (gw.is_none() || x.gateway == gw));
+        let found = routes.iter().any(|x| {
+            x.dst == dst.network() && x.prefix == dst.prefix() && (gw.is_none() || x.gateway == gw)
+        });
         if !found {
-            return Err(fail(format!("route to {} via {:?} is missing in the pod", r.dst, r.gw)));
+            return Err(fail(format!(
+                "route to {} via {:?} is missing in the pod",
+                r.dst, r.gw
+            )));
         }
     }
 
@@ -84,10 +104,19 @@ pub fn run(inv: &Invocation) -> Result<()> {
     if bridge.kind.as_deref() != Some("bridge") {
         return Err(fail(format!("{} is not a bridge", conf.bridge)));
     }
-    for i in prev.interfaces.iter().filter(|i| i.sandbox.is_none() && i.name != conf.bridge) {
+    for i in prev
+        .interfaces
+        .iter()
+        .filter(|i| i.sandbox.is_none() && i.name != conf.bridge)
+    {
         match host.link_by_name(&i.name)? {
             Some(l) if l.master == Some(bridge.index) => {}
-            Some(_) => return Err(fail(format!("host interface {} is not attached to {}", i.name, conf.bridge))),
+            Some(_) => {
+                return Err(fail(format!(
+                    "host interface {} is not attached to {}",
+                    i.name, conf.bridge
+                )))
+            }
             // Interfaces of other chained plugins may live elsewhere; only ours must be here.
             None if i.name.starts_with("veth") => {
                 return Err(fail(format!("host interface {} is missing", i.name)))

@@ -24,7 +24,10 @@ pub fn run(inv: &Invocation) -> Result<()> {
                 }
             }
             // The netns is gone, and the veth with it.
-            Err(e) => log::info!("netns {} not usable ({e}); nothing to unplug", path.display()),
+            Err(e) => log::info!(
+                "netns {} not usable ({e}); nothing to unplug",
+                path.display()
+            ),
         }
     }
 
@@ -33,9 +36,17 @@ pub fn run(inv: &Invocation) -> Result<()> {
     match alloc.release(&inv.attachment_id())? {
         Some(rec) => log::info!(
             "released {}",
-            rec.ips.iter().map(|i| i.address.as_str()).collect::<Vec<_>>().join(", ")
+            rec.ips
+                .iter()
+                .map(|i| i.address.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
-        None => log::info!("no addresses recorded for {}/{}", env.container_id, env.ifname),
+        None => log::info!(
+            "no addresses recorded for {}/{}",
+            env.container_id,
+            env.ifname
+        ),
     }
 
     if conf.ip_masq {

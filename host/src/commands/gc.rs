@@ -14,7 +14,12 @@ pub fn run(inv: &Invocation) -> Result<()> {
     let valid: HashSet<(&str, &str)> = conf
         .valid_attachments
         .as_ref()
-        .ok_or_else(|| Error::config("cni.dev/valid-attachments", "missing: GC needs the list of valid attachments"))?
+        .ok_or_else(|| {
+            Error::config(
+                "cni.dev/valid-attachments",
+                "missing: GC needs the list of valid attachments",
+            )
+        })?
         .iter()
         .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
         .collect();
@@ -31,11 +36,19 @@ pub fn run(inv: &Invocation) -> Result<()> {
             kept += 1;
             continue;
         }
-        log::info!("gc: releasing stale attachment {}/{}", o.container_id, o.ifname);
+        log::info!(
+            "gc: releasing stale attachment {}/{}",
+            o.container_id,
+            o.ifname
+        );
         alloc.release(&o.id())?;
         released += 1;
     }
-    log::info!("gc: released {released}, kept {kept} attachments of {} on {}", conf.name, conf.node);
+    log::info!(
+        "gc: released {released}, kept {kept} attachments of {} on {}",
+        conf.name,
+        conf.node
+    );
     if conf.ip_masq && kept == 0 && released > 0 {
         nft::remove_masquerade(&conf.name)?;
     }

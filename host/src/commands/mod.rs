@@ -60,7 +60,10 @@ pub fn main() -> i32 {
     };
     match outcome {
         Ok(doc) => {
-            log::debug!("{command} done in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
+            log::debug!(
+                "{command} done in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
             if let Some(doc) = doc {
                 if write_stdout(&doc).is_err() {
                     return 1;

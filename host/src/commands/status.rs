@@ -14,7 +14,10 @@ pub fn run(inv: &Invocation) -> Result<()> {
     let alloc = Allocator::new(&*kv, conf.ipam.store.prefix(), &conf.node);
     for pool in &conf.ipam.pools {
         alloc.ensure_pool(pool)?;
-        if !alloc.has_capacity(pool).map_err(|e| unavailable(format!("store: {e}")))? {
+        if !alloc
+            .has_capacity(pool)
+            .map_err(|e| unavailable(format!("store: {e}")))?
+        {
             // Another pool of the same family may still have room.
             let family_has_room = conf
                 .ipam
@@ -23,7 +26,10 @@ pub fn run(inv: &Invocation) -> Result<()> {
                 .filter(|p| p.subnet.is_ipv4() == pool.subnet.is_ipv4() && p.name != pool.name)
                 .any(|p| alloc.has_capacity(p).unwrap_or(false));
             if !family_has_room {
-                return Err(unavailable(format!("pool {:?} ({}) is exhausted", pool.name, pool.subnet)));
+                return Err(unavailable(format!(
+                    "pool {:?} ({}) is exhausted",
+                    pool.name, pool.subnet
+                )));
             }
         }
     }

@@ -105,16 +105,25 @@ impl<'a> Allocator<'a> {
                 }
                 return Ok(());
             }
-            if self.kv.txn(Txn::new().when(Compare::absent(&key)).put(&key, encode(&want)))? {
+            if self.kv.txn(
+                Txn::new()
+                    .when(Compare::absent(&key))
+                    .put(&key, encode(&want)),
+            )? {
                 return Ok(());
             }
         }
-        Err(Error::TryAgainLater(format!("store contention writing pool {:?}", pool.name)))
+        Err(Error::TryAgainLater(format!(
+            "store contention writing pool {:?}",
+            pool.name
+        )))
     }
 
     /// The attachment, if recorded.
     pub fn find(&self, id: &AttachmentId) -> Result<Option<AttachmentRecord>> {
-        let key = self.keys.attachment(&id.network, &id.container_id, &id.ifname);
+        let key = self
+            .keys
+            .attachment(&id.network, &id.container_id, &id.ifname);
         self.kv.get(&key)?.map(|kv| decode(&kv)).transpose()
     }
 
@@ -128,7 +137,9 @@ impl<'a> Allocator<'a> {
         for w in wants {
             self.ensure_pool(w.pool)?;
         }
-        let att_key = self.keys.attachment(&id.network, &id.container_id, &id.ifname);
+        let att_key = self
+            .keys
+            .attachment(&id.network, &id.container_id, &id.ifname);
         for attempt in 0..MAX_ATTEMPTS {
             let mut picks: Vec<Pick> = Vec::with_capacity(wants.len());
             for w in wants {
@@ -148,7 +159,9 @@ impl<'a> Allocator<'a> {
             let mut txn = Txn::new().when(Compare::absent(&att_key));
             for p in &picks {
                 let key = self.keys.ip(&p.pool, &p.block, p.ip);
-                txn = txn.when(Compare::absent(&key)).put(key, encode(&record.owner));
+                txn = txn
+                    .when(Compare::absent(&key))
+                    .put(key, encode(&record.owner));
                 if let Some(g) = &p.guard {
                     txn = txn.when(g.clone());
                 }
@@ -164,7 +177,12 @@ impl<'a> Allocator<'a> {
             if self.kv.txn(txn)? {
                 log::debug!(
                     "allocated {} to {}/{}/{}",
-                    record.ips.iter().map(|i| i.address.as_str()).collect::<Vec<_>>().join(","),
+                    record
+                        .ips
+                        .iter()
+                        .map(|i| i.address.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     id.network,
                     id.container_id,
                     id.ifname
@@ -175,7 +193,10 @@ impl<'a> Allocator<'a> {
             if let Some(existing) = self.find(&id)? {
                 return Ok(existing);
             }
-            log::debug!("allocation transaction conflicted (attempt {}), retrying", attempt + 1);
+            log::debug!(
+                "allocation transaction conflicted (attempt {}), retrying",
+                attempt + 1
+            );
             backoff(attempt);
         }
         Err(Error::TryAgainLater(format!(
@@ -188,10 +209,12 @@ impl<'a> Allocator<'a> {
     /// block is claimed for this node when nobody holds it yet.
     fn pick_requested(&self, pool: &PoolConf, ip: IpAddr) -> Result<Pick> {
         let layout = Layout::new(pool);
-        let block = layout.check_usable(ip).map_err(|msg| Error::AddressUnavailable {
-            address: ip.to_string(),
-            msg,
-        })?;
+        let block = layout
+            .check_usable(ip)
+            .map_err(|msg| Error::AddressUnavailable {
+                address: ip.to_string(),
+                msg,
+            })?;
         let key = self.keys.ip(&pool.name, &block, ip);
         if let Some(kv) = self.kv.get(&key)? {
             let holder: Owner = decode(&kv)?;
@@ -210,7 +233,11 @@ impl<'a> Allocator<'a> {
                 self.claim(pool, &block)?;
                 match self.kv.get(&block_key)? {
                     Some(kv) => Compare::ModRevision(block_key, kv.mod_revision),
-                    None => return Err(Error::TryAgainLater(format!("block {block} vanished while claiming it"))),
+                    None => {
+                        return Err(Error::TryAgainLater(format!(
+                            "block {block} vanished while claiming it"
+                        )))
+                    }
                 }
             }
         };
@@ -256,7 +283,10 @@ impl<'a> Allocator<'a> {
                 });
             }
         }
-        Err(Error::TryAgainLater(format!("could not claim a block in pool {:?}", pool.name)))
+        Err(Error::TryAgainLater(format!(
+            "could not claim a block in pool {:?}",
+            pool.name
+        )))
     }
 
     /// This node's blocks of `pool`, each with the compare that proves it still is.
@@ -268,9 +298,12 @@ impl<'a> Allocator<'a> {
             .into_iter()
             .filter_map(|kv| {
                 let b = parse_block_id(last_segment(&kv.key))?;
-                layout
-                    .owns_block(&b)
-                    .then(|| (b, Compare::CreateRevision(kv.key.clone(), kv.create_revision)))
+                layout.owns_block(&b).then(|| {
+                    (
+                        b,
+                        Compare::CreateRevision(kv.key.clone(), kv.create_revision),
+                    )
+                })
             })
             .collect())
     }
@@ -296,10 +329,17 @@ impl<'a> Allocator<'a> {
             Txn::new()
                 .when(Compare::absent(&key))
                 .put(key, encode(&rec))
-                .put(self.keys.affinity(&self.node, &pool.name, block), Vec::new()),
+                .put(
+                    self.keys.affinity(&self.node, &pool.name, block),
+                    Vec::new(),
+                ),
         )?;
         if ok {
-            log::info!("node {} claimed block {block} of pool {:?}", self.node, pool.name);
+            log::info!(
+                "node {} claimed block {block} of pool {:?}",
+                self.node,
+                pool.name
+            );
         }
         Ok(ok)
     }
@@ -341,7 +381,9 @@ impl<'a> Allocator<'a> {
     /// Release an attachment: delete its address keys (only those it owns) and its
     /// attachment key in one transaction. Ok(None) when nothing was recorded.
     pub fn release(&self, id: &AttachmentId) -> Result<Option<AttachmentRecord>> {
-        let att_key = self.keys.attachment(&id.network, &id.container_id, &id.ifname);
+        let att_key = self
+            .keys
+            .attachment(&id.network, &id.container_id, &id.ifname);
         for attempt in 0..MAX_ATTEMPTS {
             let Some(att) = self.kv.get(&att_key)? else {
                 return Ok(None);
@@ -355,15 +397,23 @@ impl<'a> Allocator<'a> {
                     ip.address.split('/').next().unwrap_or("").parse::<IpAddr>(),
                     Cidr::parse(&ip.block),
                 ) else {
-                    return Err(Error::Store(format!("attachment {att_key} holds a malformed address {ip:?}")));
+                    return Err(Error::Store(format!(
+                        "attachment {att_key} holds a malformed address {ip:?}"
+                    )));
                 };
                 let key = self.keys.ip(&ip.pool, &block, addr);
                 if let Some(kv) = self.kv.get(&key)? {
                     let holder: Owner = decode(&kv)?;
                     if holder.id() == *id {
-                        txn = txn.when(Compare::ModRevision(key.clone(), kv.mod_revision)).delete(key);
+                        txn = txn
+                            .when(Compare::ModRevision(key.clone(), kv.mod_revision))
+                            .delete(key);
                     } else {
-                        log::warn!("{key} is held by {}, not by {}; leaving it", holder.container_id, id.container_id);
+                        log::warn!(
+                            "{key} is held by {}, not by {}; leaving it",
+                            holder.container_id,
+                            id.container_id
+                        );
                     }
                 }
             }
@@ -373,7 +423,10 @@ impl<'a> Allocator<'a> {
             }
             backoff(attempt);
         }
-        Err(Error::TryAgainLater(format!("store contention releasing {}", id.container_id)))
+        Err(Error::TryAgainLater(format!(
+            "store contention releasing {}",
+            id.container_id
+        )))
     }
 
     /// Every attachment recorded for `network` (or all networks).
@@ -390,11 +443,17 @@ impl<'a> Allocator<'a> {
     pub fn has_capacity(&self, pool: &PoolConf) -> Result<bool> {
         let layout = Layout::new(pool);
         for (block, _) in self.own_blocks(pool)? {
-            if layout.first_free(&block, &self.used(pool, &block)?, None).is_some() {
+            if layout
+                .first_free(&block, &self.used(pool, &block)?, None)
+                .is_some()
+            {
                 return Ok(true);
             }
         }
-        let claimed = self.kv.range(&self.keys.blocks_of_pool(&pool.name), true)?.len() as u128;
+        let claimed = self
+            .kv
+            .range(&self.keys.blocks_of_pool(&pool.name), true)?
+            .len() as u128;
         let (lo, hi) = layout.candidate_blocks();
         Ok(claimed < hi - lo + 1)
     }
@@ -450,11 +509,22 @@ pub(crate) mod suite {
         let a = Allocator::new(kv, "/ohno", "node-a");
         let mut seen = HashSet::new();
         for i in 0..70 {
-            let r = a.allocate(&owner(&format!("c{i}"), "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+            let r = a
+                .allocate(
+                    &owner(&format!("c{i}"), "node-a"),
+                    &[Want {
+                        pool: &p,
+                        address: None,
+                    }],
+                )
+                .unwrap();
             assert!(seen.insert(addr(&r)), "duplicate {}", addr(&r));
             assert!(r.ips[0].address.ends_with("/26"));
             let block = Cidr::parse(&r.ips[0].block).unwrap();
-            assert_eq!(r.ips[0].gateway, from_u128(block.first() + 1, true).to_string());
+            assert_eq!(
+                r.ips[0].gateway,
+                from_u128(block.first() + 1, true).to_string()
+            );
         }
         // 61 usable per /26: 70 addresses need exactly two blocks, both this node's.
         assert_eq!(a.own_blocks(&p).unwrap().len(), 2);
@@ -464,15 +534,34 @@ pub(crate) mod suite {
         }
         // One address key and one attachment key per allocation.
         assert_eq!(kv.range("/ohno/ips/", true).unwrap().len(), 70);
-        assert_eq!(kv.range("/ohno/attachments/podnet/", true).unwrap().len(), 70);
+        assert_eq!(
+            kv.range("/ohno/attachments/podnet/", true).unwrap().len(),
+            70
+        );
     }
 
     pub fn repeated_add_returns_same_addresses(kv: &dyn Kv) {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(kv, "/ohno", "node-a");
         let o = owner("same", "node-a");
-        let r1 = a.allocate(&o, &[Want { pool: &p, address: None }]).unwrap();
-        let r2 = a.allocate(&o, &[Want { pool: &p, address: None }]).unwrap();
+        let r1 = a
+            .allocate(
+                &o,
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
+        let r2 = a
+            .allocate(
+                &o,
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
         assert_eq!(r1.ips, r2.ips);
         assert_eq!(kv.range("/ohno/ips/", true).unwrap().len(), 1);
     }
@@ -481,13 +570,29 @@ pub(crate) mod suite {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(kv, "/ohno", "node-a");
         let o = owner("rel", "node-a");
-        let r = a.allocate(&o, &[Want { pool: &p, address: None }]).unwrap();
+        let r = a
+            .allocate(
+                &o,
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
         assert_eq!(a.release(&o.id()).unwrap().unwrap().ips, r.ips);
         assert!(a.release(&o.id()).unwrap().is_none());
         assert!(kv.range("/ohno/ips/", true).unwrap().is_empty());
         assert!(kv.range("/ohno/attachments/", true).unwrap().is_empty());
         // The freed address is handed out again (lowest free first).
-        let r2 = a.allocate(&owner("next", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        let r2 = a
+            .allocate(
+                &owner("next", "node-a"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
         assert_eq!(r2.ips[0].address, r.ips[0].address);
     }
 
@@ -495,9 +600,31 @@ pub(crate) mod suite {
         // A /29 pool with /30 blocks: 2 blocks, 1 usable address each.
         let p = pool("tiny", "192.168.7.0/29", 30);
         let a = Allocator::new(kv, "/ohno", "node-a");
-        a.allocate(&owner("t1", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
-        a.allocate(&owner("t2", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
-        let e = a.allocate(&owner("t3", "node-a"), &[Want { pool: &p, address: None }]).unwrap_err();
+        a.allocate(
+            &owner("t1", "node-a"),
+            &[Want {
+                pool: &p,
+                address: None,
+            }],
+        )
+        .unwrap();
+        a.allocate(
+            &owner("t2", "node-a"),
+            &[Want {
+                pool: &p,
+                address: None,
+            }],
+        )
+        .unwrap();
+        let e = a
+            .allocate(
+                &owner("t3", "node-a"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap_err();
         assert_eq!(e.code(), 100);
         assert!(e.to_string().contains("tiny"), "{e}");
         assert!(a.find(&owner("t3", "node-a").id()).unwrap().is_none());
@@ -509,7 +636,19 @@ pub(crate) mod suite {
         let v6 = pool("v6", "fd00:9::/64", 122);
         let a = Allocator::new(kv, "/ohno", "node-a");
         let r = a
-            .allocate(&owner("ds", "node-a"), &[Want { pool: &v4, address: None }, Want { pool: &v6, address: None }])
+            .allocate(
+                &owner("ds", "node-a"),
+                &[
+                    Want {
+                        pool: &v4,
+                        address: None,
+                    },
+                    Want {
+                        pool: &v6,
+                        address: None,
+                    },
+                ],
+            )
             .unwrap();
         assert_eq!(r.ips.len(), 2);
         assert!(r.ips[1].address.starts_with("fd00:9:"), "{:?}", r.ips[1]);
@@ -518,9 +657,28 @@ pub(crate) mod suite {
         assert_eq!(kv.range("/ohno/ips/v6/", true).unwrap().len(), 1);
         // If one family cannot be served, neither is written.
         let tiny = pool("tiny6", "192.168.8.0/30", 30);
-        a.allocate(&owner("x", "node-a"), &[Want { pool: &tiny, address: None }]).unwrap();
+        a.allocate(
+            &owner("x", "node-a"),
+            &[Want {
+                pool: &tiny,
+                address: None,
+            }],
+        )
+        .unwrap();
         let e = a
-            .allocate(&owner("y", "node-a"), &[Want { pool: &v6, address: None }, Want { pool: &tiny, address: None }])
+            .allocate(
+                &owner("y", "node-a"),
+                &[
+                    Want {
+                        pool: &v6,
+                        address: None,
+                    },
+                    Want {
+                        pool: &tiny,
+                        address: None,
+                    },
+                ],
+            )
             .unwrap_err();
         assert_eq!(e.code(), 100);
         assert_eq!(kv.range("/ohno/ips/v6/", true).unwrap().len(), 1);
@@ -530,15 +688,30 @@ pub(crate) mod suite {
         let mut p = pool("default", "10.85.0.0/16", 26);
         p.exclude = vec![Cidr::parse("10.85.255.0/24").unwrap()];
         let a = Allocator::new(kv, "/ohno", "node-a");
-        let want = |ip: &str| Want { pool: &p, address: Some(ip.parse().unwrap()) };
-        let r = a.allocate(&owner("r1", "node-a"), &[want("10.85.77.9")]).unwrap();
+        let want = |ip: &str| Want {
+            pool: &p,
+            address: Some(ip.parse().unwrap()),
+        };
+        let r = a
+            .allocate(&owner("r1", "node-a"), &[want("10.85.77.9")])
+            .unwrap();
         assert_eq!(r.ips[0].address, "10.85.77.9/26");
         assert_eq!(r.ips[0].gateway, "10.85.77.1");
-        let e = a.allocate(&owner("r2", "node-a"), &[want("10.85.77.9")]).unwrap_err();
+        let e = a
+            .allocate(&owner("r2", "node-a"), &[want("10.85.77.9")])
+            .unwrap_err();
         assert_eq!(e.code(), 101);
         assert!(e.to_string().contains("r1"), "{e}");
-        for bad in ["10.85.255.4", "10.85.77.1", "10.85.77.0", "10.85.77.63", "10.86.0.5"] {
-            let e = a.allocate(&owner("r3", "node-a"), &[want(bad)]).unwrap_err();
+        for bad in [
+            "10.85.255.4",
+            "10.85.77.1",
+            "10.85.77.0",
+            "10.85.77.63",
+            "10.86.0.5",
+        ] {
+            let e = a
+                .allocate(&owner("r3", "node-a"), &[want(bad)])
+                .unwrap_err();
             assert_eq!(e.code(), 101, "{bad}: {e}");
         }
         assert!(a.find(&owner("r3", "node-a").id()).unwrap().is_none());
@@ -547,11 +720,23 @@ pub(crate) mod suite {
     pub fn pool_mismatch_between_nodes_is_code_7(kv: &dyn Kv) {
         let p = pool("shared", "10.50.0.0/16", 26);
         Allocator::new(kv, "/ohno", "node-a")
-            .allocate(&owner("m1", "node-a"), &[Want { pool: &p, address: None }])
+            .allocate(
+                &owner("m1", "node-a"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
             .unwrap();
         let other = pool("shared", "10.50.0.0/16", 24);
         let e = Allocator::new(kv, "/ohno", "node-b")
-            .allocate(&owner("m2", "node-b"), &[Want { pool: &other, address: None }])
+            .allocate(
+                &owner("m2", "node-b"),
+                &[Want {
+                    pool: &other,
+                    address: None,
+                }],
+            )
             .unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("shared"), "{e}");
@@ -561,20 +746,59 @@ pub(crate) mod suite {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(kv, "/ohno", "node-a");
         let b = Allocator::new(kv, "/ohno", "node-b");
-        let ra = a.allocate(&owner("na", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
-        let rb = b.allocate(&owner("nb", "node-b"), &[Want { pool: &p, address: None }]).unwrap();
+        let ra = a
+            .allocate(
+                &owner("na", "node-a"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
+        let rb = b
+            .allocate(
+                &owner("nb", "node-b"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
         assert_ne!(ra.ips[0].block, rb.ips[0].block);
     }
 
     pub fn conflicts_are_retried(kv: &dyn Kv, inject: &dyn Fn(u32)) {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(kv, "/ohno", "node-a");
-        a.allocate(&owner("warm", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        a.allocate(
+            &owner("warm", "node-a"),
+            &[Want {
+                pool: &p,
+                address: None,
+            }],
+        )
+        .unwrap();
         inject(5);
-        let r = a.allocate(&owner("retry", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        let r = a
+            .allocate(
+                &owner("retry", "node-a"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
         assert_eq!(r.ips.len(), 1);
         inject(MAX_ATTEMPTS as u32 + 5);
-        let e = a.allocate(&owner("gives-up", "node-a"), &[Want { pool: &p, address: None }]).unwrap_err();
+        let e = a
+            .allocate(
+                &owner("gives-up", "node-a"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap_err();
         assert_eq!(e.code(), 11);
         inject(0);
         assert!(a.find(&owner("gives-up", "node-a").id()).unwrap().is_none());
@@ -626,13 +850,43 @@ mod tests {
         let m = MemoryStore::new();
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(&m, "/ohno", "node-a");
-        let first = a.allocate(&owner("first", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        let first = a
+            .allocate(
+                &owner("first", "node-a"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
         let block = Cidr::parse(&first.ips[0].block).unwrap();
         // Someone takes the next free address between our read and our write.
-        let next = from_u128(to_u128(first.ips[0].address.split('/').next().unwrap().parse().unwrap()) + 1, true);
+        let next = from_u128(
+            to_u128(
+                first.ips[0]
+                    .address
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            ) + 1,
+            true,
+        );
         m.inject_interloper(&a.keys().ip("default", &block, next), b"{}");
-        let r = a.allocate(&owner("second", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
-        assert_ne!(r.ips[0].address.split('/').next().unwrap(), next.to_string());
+        let r = a
+            .allocate(
+                &owner("second", "node-a"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
+        assert_ne!(
+            r.ips[0].address.split('/').next().unwrap(),
+            next.to_string()
+        );
         assert_ne!(r.ips[0].address, first.ips[0].address);
     }
 
@@ -641,7 +895,15 @@ mod tests {
         let m = MemoryStore::new();
         m.inject_outage(1);
         let p = pool("default", "10.85.0.0/16", 26);
-        let e = Allocator::new(&m, "/ohno", "n").allocate(&owner("o", "n"), &[Want { pool: &p, address: None }]).unwrap_err();
+        let e = Allocator::new(&m, "/ohno", "n")
+            .allocate(
+                &owner("o", "n"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap_err();
         assert_eq!(e.code(), 11);
     }
 
@@ -650,7 +912,15 @@ mod tests {
         let m = MemoryStore::new();
         let p = pool("v6", "2001:db8:1::/64", 122);
         let a = Allocator::new(&m, "/ohno", "node-a");
-        let r = a.allocate(&owner("v6", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        let r = a
+            .allocate(
+                &owner("v6", "node-a"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
         let ip: IpAddr = r.ips[0].address.split('/').next().unwrap().parse().unwrap();
         assert!(p.subnet.contains(ip));
         assert!(a.has_capacity(&p).unwrap());
@@ -662,7 +932,14 @@ mod tests {
         let p = pool("tiny", "192.168.7.0/30", 30);
         let a = Allocator::new(&m, "/ohno", "node-a");
         assert!(a.has_capacity(&p).unwrap());
-        a.allocate(&owner("t1", "node-a"), &[Want { pool: &p, address: None }]).unwrap();
+        a.allocate(
+            &owner("t1", "node-a"),
+            &[Want {
+                pool: &p,
+                address: None,
+            }],
+        )
+        .unwrap();
         assert!(!a.has_capacity(&p).unwrap());
     }
 }

@@ -53,12 +53,16 @@ impl<'a> Layout<'a> {
         if !self.pool.subnet.contains(ip) {
             return None;
         }
-        Cidr::new(ip, self.pool.block_size).ok().map(|c| c.canonical())
+        Cidr::new(ip, self.pool.block_size)
+            .ok()
+            .map(|c| c.canonical())
     }
 
     /// True if `block` is one of this pool's blocks.
     pub fn owns_block(&self, block: &Cidr) -> bool {
-        block.prefix() == self.pool.block_size && self.pool.subnet.contains(block.addr()) && block.addr() == block.network()
+        block.prefix() == self.pool.block_size
+            && self.pool.subnet.contains(block.addr())
+            && block.addr() == block.network()
     }
 
     /// The gateway of a block: its first usable address.
@@ -111,14 +115,21 @@ impl<'a> Layout<'a> {
         if let Some(e) = pool.exclude.iter().find(|e| e.contains(ip)) {
             return Err(format!("{ip} is excluded ({e}) in pool {:?}", pool.name));
         }
-        if pool.range_start.is_some_and(|s| n < to_u128(s)) || pool.range_end.is_some_and(|e| n > to_u128(e)) {
+        if pool.range_start.is_some_and(|s| n < to_u128(s))
+            || pool.range_end.is_some_and(|e| n > to_u128(e))
+        {
             return Err(format!("{ip} is outside the range of pool {:?}", pool.name));
         }
         Ok(block)
     }
 
     /// The lowest usable address of `block` not in `used` and greater than `after`.
-    pub fn first_free(&self, block: &Cidr, used: &BTreeSet<u128>, after: Option<u128>) -> Option<u128> {
+    pub fn first_free(
+        &self,
+        block: &Cidr,
+        used: &BTreeSet<u128>,
+        after: Option<u128>,
+    ) -> Option<u128> {
         let reserved = self.reserved(block);
         let mut c = match after {
             Some(a) => a.checked_add(1)?.max(block.first()),
@@ -212,7 +223,10 @@ mod tests {
         assert_eq!(l.block_index(&b), 5);
         assert_eq!(l.gateway(&b).to_string(), "10.85.1.65");
         assert_eq!(l.usable_count(&b), 61);
-        assert_eq!(l.first_free(&b, &BTreeSet::new(), None), Some(ip("10.85.1.66")));
+        assert_eq!(
+            l.first_free(&b, &BTreeSet::new(), None),
+            Some(ip("10.85.1.66"))
+        );
     }
 
     #[test]
@@ -227,10 +241,22 @@ mod tests {
         // Full block → None, and never the broadcast.
         let all: BTreeSet<u128> = (ip("10.85.0.0")..=ip("10.85.0.63")).collect();
         assert_eq!(l.first_free(&b, &all, None), None);
-        assert!(l.check_usable("10.85.0.63".parse().unwrap()).unwrap_err().contains("broadcast"));
-        assert!(l.check_usable("10.85.0.1".parse().unwrap()).unwrap_err().contains("gateway"));
-        assert!(l.check_usable("10.85.0.3".parse().unwrap()).unwrap_err().contains("excluded"));
-        assert!(l.check_usable("10.86.0.3".parse().unwrap()).unwrap_err().contains("outside"));
+        assert!(l
+            .check_usable("10.85.0.63".parse().unwrap())
+            .unwrap_err()
+            .contains("broadcast"));
+        assert!(l
+            .check_usable("10.85.0.1".parse().unwrap())
+            .unwrap_err()
+            .contains("gateway"));
+        assert!(l
+            .check_usable("10.85.0.3".parse().unwrap())
+            .unwrap_err()
+            .contains("excluded"));
+        assert!(l
+            .check_usable("10.86.0.3".parse().unwrap())
+            .unwrap_err()
+            .contains("outside"));
         assert!(l.check_usable("10.85.0.9".parse().unwrap()).is_ok());
     }
 
@@ -242,7 +268,10 @@ mod tests {
         let l = Layout::new(&p);
         assert_eq!(l.candidate_blocks(), (4, 8));
         let b = l.block_at(4);
-        assert_eq!(l.first_free(&b, &BTreeSet::new(), None), Some(ip("10.85.1.10")));
+        assert_eq!(
+            l.first_free(&b, &BTreeSet::new(), None),
+            Some(ip("10.85.1.10"))
+        );
         let last = l.block_at(8);
         assert_eq!(l.usable_count(&last), 2); // .2 and .3
         assert!(l.check_usable("10.85.2.4".parse().unwrap()).is_err());
@@ -256,7 +285,10 @@ mod tests {
         let last = l.block_at(l.block_count() - 1);
         assert_eq!(last.to_string(), "2001:db8::ffff:ffff:ffff:ffc0/122");
         let f = l.first_free(&last, &BTreeSet::new(), None).unwrap();
-        assert_eq!(from_u128(f, false).to_string(), "2001:db8::ffff:ffff:ffff:ffc2");
+        assert_eq!(
+            from_u128(f, false).to_string(),
+            "2001:db8::ffff:ffff:ffff:ffc2"
+        );
         // No broadcast in IPv6: the last address is usable.
         assert_eq!(l.usable_count(&last), 62);
         let top = pool("ffff:ffff:ffff:ffff::/64", 122);

@@ -85,7 +85,11 @@ impl Cidr {
 
     /// The mask as a number in the family's width.
     fn mask(&self) -> u128 {
-        let width_mask: u128 = if self.is_ipv4() { u32::MAX as u128 } else { u128::MAX };
+        let width_mask: u128 = if self.is_ipv4() {
+            u32::MAX as u128
+        } else {
+            u128::MAX
+        };
         match self.host_bits() {
             128 => 0,
             h => width_mask & !((1u128 << h) - 1),
@@ -122,7 +126,9 @@ impl Cidr {
     }
 
     pub fn overlaps(&self, other: &Cidr) -> bool {
-        self.is_ipv4() == other.is_ipv4() && self.first() <= other.last() && other.first() <= self.last()
+        self.is_ipv4() == other.is_ipv4()
+            && self.first() <= other.last()
+            && other.first() <= self.last()
     }
 }
 
@@ -152,7 +158,10 @@ mod tests {
     #[test]
     fn ipv6_wide_prefixes_do_not_overflow() {
         let c = Cidr::parse("fd00:85::/48").unwrap();
-        assert_eq!(from_u128(c.last(), false).to_string(), "fd00:85:0:ffff:ffff:ffff:ffff:ffff");
+        assert_eq!(
+            from_u128(c.last(), false).to_string(),
+            "fd00:85:0:ffff:ffff:ffff:ffff:ffff"
+        );
         let all = Cidr::parse("::/0").unwrap();
         assert_eq!(all.first(), 0);
         assert_eq!(all.last(), u128::MAX);

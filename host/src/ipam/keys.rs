@@ -78,7 +78,10 @@ impl Keys {
     }
 
     pub fn attachment(&self, network: &str, container_id: &str, ifname: &str) -> String {
-        format!("{}{container_id}/{ifname}", self.attachments_of_network(network))
+        format!(
+            "{}{container_id}/{ifname}",
+            self.attachments_of_network(network)
+        )
     }
 }
 
@@ -107,9 +110,18 @@ mod tests {
         let k = Keys::new("/ohno/");
         let b = Cidr::parse("10.85.4.0/26").unwrap();
         assert_eq!(k.block("default", &b), "/ohno/blocks/default/10.85.4.0-26");
-        assert_eq!(k.ip("default", &b, "10.85.4.2".parse().unwrap()), "/ohno/ips/default/10.85.4.0-26/10.85.4.2");
-        assert_eq!(k.attachment("podnet", "abc", "eth0"), "/ohno/attachments/podnet/abc/eth0");
-        assert_eq!(k.affinity("n1", "default", &b), "/ohno/affinity/n1/default/10.85.4.0-26");
+        assert_eq!(
+            k.ip("default", &b, "10.85.4.2".parse().unwrap()),
+            "/ohno/ips/default/10.85.4.0-26/10.85.4.2"
+        );
+        assert_eq!(
+            k.attachment("podnet", "abc", "eth0"),
+            "/ohno/attachments/podnet/abc/eth0"
+        );
+        assert_eq!(
+            k.affinity("n1", "default", &b),
+            "/ohno/affinity/n1/default/10.85.4.0-26"
+        );
         assert_eq!(parse_block_id("10.85.4.0-26"), Some(b));
         let v6 = Cidr::parse("fd00:85::40/122").unwrap();
         assert_eq!(parse_block_id(&block_id(&v6)), Some(v6));

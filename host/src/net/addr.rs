@@ -20,7 +20,9 @@ impl Netlink {
         req.header.index = index;
         let replies = self
             .dump(RouteNetlinkMessage::GetAddress(req))
-            .map_err(|e| Error::netlink(format!("list addresses of link {index}{}", self.in_ns()), e))?;
+            .map_err(|e| {
+                Error::netlink(format!("list addresses of link {index}{}", self.in_ns()), e)
+            })?;
         let mut out = Vec::new();
         for msg in replies {
             let RouteNetlinkMessage::NewAddress(msg) = msg else {
@@ -52,11 +54,17 @@ impl Netlink {
     /// gets `IFA_F_NODAD`.
     pub fn ensure_addr(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
         let msg = address_message(index, addr, prefix);
-        match self.request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_EXCL) {
+        match self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(Error::netlink(
-                format!("add address {addr}/{prefix} to link {index}{}", self.in_ns()),
+                format!(
+                    "add address {addr}/{prefix} to link {index}{}",
+                    self.in_ns()
+                ),
                 e,
             )),
         }
@@ -70,7 +78,10 @@ impl Netlink {
             .map(drop)
             .map_err(|e| {
                 Error::netlink(
-                    format!("delete address {addr}/{prefix} from link {index}{}", self.in_ns()),
+                    format!(
+                        "delete address {addr}/{prefix} from link {index}{}",
+                        self.in_ns()
+                    ),
                     e,
                 )
             })
@@ -96,7 +107,8 @@ fn address_message(index: u32, addr: IpAddr, prefix: u8) -> AddressMessage {
             msg.header.family = AddressFamily::Inet6;
             msg.header.flags = AddressHeaderFlags::Nodad;
             msg.attributes.push(AddressAttribute::Address(addr));
-            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
     }
     msg

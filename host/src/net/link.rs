@@ -12,8 +12,8 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use netlink_packet_core::{
-    DefaultNla, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    DefaultNla, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -131,23 +131,27 @@ impl Netlink {
 
     /// The link named `name`, or `None` if there is none.
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
-        Ok(self.link_message_by_name(name)?.map(|m| Link::from_message(&m)))
+        Ok(self
+            .link_message_by_name(name)?
+            .map(|m| Link::from_message(&m)))
     }
 
     /// The link with index `index`, or `None` if there is none.
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
-        Ok(self.link_message_by_index(index)?.map(|m| Link::from_message(&m)))
+        Ok(self
+            .link_message_by_index(index)?
+            .map(|m| Link::from_message(&m)))
     }
 
     fn link_message_by_name(&mut self, name: &str) -> Result<Option<LinkMessage>> {
-        let context = || format!("get link {name}{}", self.in_ns());
-        check_ifname(name).map_err(|e| Error::netlink(context(), e))?;
+        let context = format!("get link {name}{}", self.in_ns());
+        check_ifname(name).map_err(|e| Error::netlink(context.clone(), e))?;
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
             Ok(replies) => Ok(first_link(replies)),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(Error::netlink(context(), e)),
+            Err(e) => Err(Error::netlink(context, e)),
         }
     }
 
@@ -184,23 +188,22 @@ impl Netlink {
                     msg.attributes.push(LinkAttribute::Mtu(mtu));
                 }
                 msg.attributes
-                    .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
-                match self.request(
-                    RouteNetlinkMessage::NewLink(msg),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                ) {
+                    .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                        InfoKind::Bridge,
+                    )]));
+                match self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL) {
                     Ok(_) => created = true,
                     // Another ADD created it between our lookup and create.
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                     Err(e) => {
-                        return Err(Error::netlink(format!("create bridge {name}{}", self.in_ns()), e))
+                        return Err(Error::netlink(
+                            format!("create bridge {name}{}", self.in_ns()),
+                            e,
+                        ))
                     }
                 }
                 self.link_by_name(name)?.ok_or_else(|| {
-                    Error::netlink(
-                        context(),
-                        io::Error::from_raw_os_error(libc::ENODEV),
-                    )
+                    Error::netlink(context(), io::Error::from_raw_os_error(libc::ENODEV))
                 })?
             }
         };
@@ -235,9 +238,8 @@ impl Netlink {
         }
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
             .map_err(|e| Error::netlink(context(), e))?;
-        self.link_by_index(link.index)?.ok_or_else(|| {
-            Error::netlink(context(), io::Error::from_raw_os_error(libc::ENODEV))
-        })
+        self.link_by_index(link.index)?
+            .ok_or_else(|| Error::netlink(context(), io::Error::from_raw_os_error(libc::ENODEV)))
     }
 
     /// Create a veth pair in one RTM_NEWLINK: the host end `host_name` in this
@@ -270,8 +272,10 @@ impl Netlink {
             .map_err(|e| Error::netlink(context(), e))?;
 
         let mut peer = LinkMessage::default();
-        peer.attributes.push(LinkAttribute::IfName(peer_name.to_string()));
-        peer.attributes.push(LinkAttribute::NetNsFd(peer_ns.fd().as_raw_fd()));
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name.to_string()));
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.fd().as_raw_fd()));
         peer.attributes.push(LinkAttribute::Mtu(mtu));
         if let Some(mac) = peer_mac {
             peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
@@ -280,7 +284,8 @@ impl Netlink {
         let mut host = LinkMessage::default();
         host.header.flags = LinkFlags::Up;
         host.header.change_mask = LinkFlags::Up;
-        host.attributes.push(LinkAttribute::IfName(host_name.to_string()));
+        host.attributes
+            .push(LinkAttribute::IfName(host_name.to_string()));
         host.attributes.push(LinkAttribute::Mtu(mtu));
         if master != 0 {
             host.attributes.push(LinkAttribute::Controller(master));
@@ -289,8 +294,11 @@ impl Netlink {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
-        self.request(RouteNetlinkMessage::NewLink(host), NLM_F_CREATE | NLM_F_EXCL)
-            .map_err(|e| Error::netlink(context(), e))?;
+        self.request(
+            RouteNetlinkMessage::NewLink(host),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(|e| Error::netlink(context(), e))?;
 
         // rtnl_create_link() ignores IFLA_IFALIAS, so the alias is a second
         // request. If it (or the re-read) fails, remove the pair we made.
@@ -300,7 +308,8 @@ impl Netlink {
             })?;
             let mut msg = LinkMessage::default();
             msg.header.index = link.index;
-            msg.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
+            msg.attributes
+                .push(LinkAttribute::IfAlias(alias.to_string()));
             nl.request(RouteNetlinkMessage::SetLink(msg), 0)
                 .map_err(|e| Error::netlink(format!("{}: set alias {alias}", context()), e))?;
             nl.link_by_index(link.index)?.ok_or_else(|| {
@@ -332,7 +341,9 @@ impl Netlink {
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
             .map(drop)
-            .map_err(|e| Error::netlink(format!("set mtu {mtu} on link {index}{}", self.in_ns()), e))
+            .map_err(|e| {
+                Error::netlink(format!("set mtu {mtu} on link {index}{}", self.in_ns()), e)
+            })
     }
 
     /// Set hairpin mode on a bridge port (`IFLA_PROTINFO`/`IFLA_BRPORT_MODE`
@@ -341,9 +352,9 @@ impl Netlink {
         let mut msg = LinkMessage::default();
         msg.header.interface_family = AddressFamily::Bridge;
         msg.header.index = index;
-        msg.attributes.push(LinkAttribute::ProtoInfoBridge(vec![LinkProtoInfoBridge::Other(
-            DefaultNla::new(IFLA_BRPORT_MODE, vec![u8::from(on)]),
-        )]));
+        msg.attributes.push(LinkAttribute::ProtoInfoBridge(vec![
+            LinkProtoInfoBridge::Other(DefaultNla::new(IFLA_BRPORT_MODE, vec![u8::from(on)])),
+        ]));
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
             .map(drop)
             .map_err(|e| {
@@ -369,8 +380,7 @@ impl Netlink {
                 for info in infos {
                     if let LinkInfo::PortData(InfoPortData::BridgePort(port)) = info {
                         for opt in port {
-                            if let netlink_packet_route::link::InfoBridgePort::HairpinMode(on) =
-                                opt
+                            if let netlink_packet_route::link::InfoBridgePort::HairpinMode(on) = opt
                             {
                                 return Ok(Some(*on));
                             }
@@ -421,7 +431,10 @@ impl Netlink {
 
     /// Dump (`NLM_F_DUMP`) and collect every message until `NLMSG_DONE`. A
     /// dump the kernel flags as interrupted by a concurrent change is redone.
-    pub(crate) fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+    pub(crate) fn dump(
+        &mut self,
+        msg: RouteNetlinkMessage,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         'retry: for _ in 0..DUMP_RETRIES {
             let seq = self.send(msg.clone(), NLM_F_REQUEST | NLM_F_DUMP)?;
             let mut replies = Vec::new();
@@ -492,11 +505,15 @@ fn check_ifname(name: &str) -> io::Result<()> {
         || name.len() > MAX_IFNAME_LEN
         || name == "."
         || name == ".."
-        || name.bytes().any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b':')
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b':')
     {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("invalid interface name {name:?} (1-{MAX_IFNAME_LEN} bytes, no '/', ':' or spaces)"),
+            format!(
+                "invalid interface name {name:?} (1-{MAX_IFNAME_LEN} bytes, no '/', ':' or spaces)"
+            ),
         ));
     }
     Ok(())
@@ -506,6 +523,12 @@ fn check_ifname(name: &str) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::net::testns::TestNs;
+
+    #[test]
+    fn netlink_handle_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<Netlink>();
+    }
 
     #[test]
     fn ifname_validation_matches_the_kernel_rules() {
@@ -530,6 +553,9 @@ mod tests {
         assert!(br.mac.is_some());
         let json = host.exec(&["ip", "-j", "-d", "link", "show", "ohnotest0"]);
         assert!(json.contains("\"PROMISC\""), "{json}");
+        // The MAC is pinned (NET_ADDR_SET), so ports joining cannot change it.
+        let assign = host.exec(&["cat", "/sys/class/net/ohnotest0/addr_assign_type"]);
+        assert_eq!(assign.trim(), "3");
 
         // Adopt: same index, MTU changed, not recreated.
         let again = nl.ensure_bridge("ohnotest0", Some(1300), false).unwrap();
@@ -540,10 +566,23 @@ mod tests {
         assert_eq!(by_index.name, "ohnotest0");
 
         // A non-bridge of that name is refused, naming it.
-        host.exec(&["ip", "link", "add", "notabridge", "type", "dummy"]);
+        host.exec(&[
+            "ip",
+            "link",
+            "add",
+            "notabridge",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "nbpeer",
+        ]);
         let err = nl.ensure_bridge("notabridge", None, false).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("notabridge") && msg.contains("not a bridge"), "{msg}");
+        assert!(
+            msg.contains("notabridge") && msg.contains("not a bridge (kind veth)"),
+            "{msg}"
+        );
         assert!(msg.contains(host.path().to_str().unwrap()), "{msg}");
     }
 
@@ -555,7 +594,15 @@ mod tests {
         let br = nl.ensure_bridge("ohnotest0", Some(1450), false).unwrap();
         let mac = [0x0a, 0x58, 0x0a, 0x01, 0x02, 0x03];
         let veth = nl
-            .create_veth("vethohno1", "cid123/eth0", "eth0", pod.netns(), 1450, Some(mac), br.index)
+            .create_veth(
+                "vethohno1",
+                "cid123/eth0",
+                "eth0",
+                pod.netns(),
+                1450,
+                Some(mac),
+                br.index,
+            )
             .unwrap();
         assert_eq!(veth.name, "vethohno1");
         assert_eq!(veth.kind.as_deref(), Some("veth"));
@@ -579,15 +626,34 @@ mod tests {
         // Same host name again: EEXIST, with context.
         let other = TestNs::new("vp2");
         let err = nl
-            .create_veth("vethohno1", "cid456/eth0", "eth0", other.netns(), 1450, None, br.index)
+            .create_veth(
+                "vethohno1",
+                "cid456/eth0",
+                "eth0",
+                other.netns(),
+                1450,
+                None,
+                br.index,
+            )
             .unwrap_err();
         assert!(err.is_exists(), "{err}");
         let msg = err.to_string();
         assert!(msg.starts_with("create veth vethohno1 in "), "{msg}");
-        assert!(msg.contains(&format!("(peer eth0 in {})", other.path().display())), "{msg}");
+        assert!(
+            msg.contains(&format!("(peer eth0 in {})", other.path().display())),
+            "{msg}"
+        );
         // Peer name taken in the pod: EEXIST too, and nothing is left behind.
         let err = nl
-            .create_veth("vethohno2", "cid789/eth0", "eth0", pod.netns(), 1450, None, br.index)
+            .create_veth(
+                "vethohno2",
+                "cid789/eth0",
+                "eth0",
+                pod.netns(),
+                1450,
+                None,
+                br.index,
+            )
             .unwrap_err();
         assert!(err.is_exists(), "{err}");
         assert!(nl.link_by_name("vethohno2").unwrap().is_none());
@@ -606,7 +672,15 @@ mod tests {
         let mut nl = Netlink::open_in(host.netns()).unwrap();
         let br = nl.ensure_bridge("ohnotest0", None, false).unwrap();
         let veth = nl
-            .create_veth("vethhp", "c/eth0", "eth0", pod.netns(), 1500, None, br.index)
+            .create_veth(
+                "vethhp",
+                "c/eth0",
+                "eth0",
+                pod.netns(),
+                1500,
+                None,
+                br.index,
+            )
             .unwrap();
         assert_eq!(nl.hairpin(veth.index).unwrap(), Some(false));
         nl.set_hairpin(veth.index, true).unwrap();

@@ -118,7 +118,9 @@ mod tests {
     fn open_missing_path_is_not_found() {
         let err = NetNs::open(Path::new("/var/run/netns/ohno-does-not-exist")).unwrap_err();
         assert!(err.is_not_found(), "{err}");
-        assert!(err.to_string().contains("open netns /var/run/netns/ohno-does-not-exist"));
+        assert!(err
+            .to_string()
+            .contains("open netns /var/run/netns/ohno-does-not-exist"));
     }
 
     #[test]
@@ -137,8 +139,7 @@ mod tests {
         let inside = ns
             .netns()
             .run(|| {
-                std::fs::read_link("/proc/thread-self/ns/net")
-                    .map_err(|e| Error::io("readlink", e))
+                std::fs::read_link("/proc/thread-self/ns/net").map_err(|e| Error::io("readlink", e))
             })
             .unwrap();
         let after = std::fs::read_link("/proc/thread-self/ns/net").unwrap();

@@ -144,7 +144,10 @@ impl Family {
 /// get different chains. An empty tag is an error.
 pub fn chain_name(tag: &str) -> Result<String> {
     if tag.is_empty() {
-        return Err(Error::config("name", "empty network name: no nftables chain name"));
+        return Err(Error::config(
+            "name",
+            "empty network name: no nftables chain name",
+        ));
     }
     let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if tag.len() <= MAX_CHAIN_NAME_LEN && tag.chars().all(legal) {
@@ -211,16 +214,30 @@ pub fn ensure_masquerade(tag: &str, subnets: &[(IpAddr, u8)]) -> Result<()> {
         });
         for &(net, prefix) in &mine {
             let what = format!("add rule for {net}/{prefix}");
-            batch.push(NFT_MSG_NEWRULE, family, NLM_F_CREATE | NLM_F_APPEND, &what, |a| {
-                a.str(NFTA_RULE_TABLE, TABLE);
-                a.str(NFTA_RULE_CHAIN, &chain);
-                a.nested(NFTA_RULE_EXPRESSIONS, |e| masquerade_exprs(e, family, net, prefix));
-                a.put(NFTA_RULE_USERDATA, &comment(&format!("ohno {net}/{prefix}")));
-            });
+            batch.push(
+                NFT_MSG_NEWRULE,
+                family,
+                NLM_F_CREATE | NLM_F_APPEND,
+                &what,
+                |a| {
+                    a.str(NFTA_RULE_TABLE, TABLE);
+                    a.str(NFTA_RULE_CHAIN, &chain);
+                    a.nested(NFTA_RULE_EXPRESSIONS, |e| {
+                        masquerade_exprs(e, family, net, prefix)
+                    });
+                    a.put(
+                        NFTA_RULE_USERDATA,
+                        &comment(&format!("ohno {net}/{prefix}")),
+                    );
+                },
+            );
         }
         batch.commit().map_err(|(what, e)| {
             Error::netlink(
-                format!("ensure masquerade in chain {} {TABLE} {chain}: {what}", family.name()),
+                format!(
+                    "ensure masquerade in chain {} {TABLE} {chain}: {what}",
+                    family.name()
+                ),
                 e,
             )
         })?;
@@ -261,7 +278,10 @@ fn remove_chain(sock: &mut NlSocket, family: Family, chain: &str) -> Result<()> 
         // was nothing to remove.
         Err((_, e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err((what, e)) => Err(Error::netlink(
-            format!("remove masquerade chain {} {TABLE} {chain}: {what}", family.name()),
+            format!(
+                "remove masquerade chain {} {TABLE} {chain}: {what}",
+                family.name()
+            ),
             e,
         )),
     }
@@ -310,7 +330,7 @@ fn masquerade_exprs(e: &mut Attrs, family: Family, net: IpAddr, prefix: u8) {
 /// prefix loads only the prefix bytes; otherwise load the whole address and
 /// mask it with `bitwise` (xor 0) before comparing.
 fn match_prefix(e: &mut Attrs, offset: u32, net: &[u8], prefix: u8, op: u32) {
-    let aligned = prefix % 8 == 0;
+    let aligned = prefix & 7 == 0; // byte-aligned (MSRV 1.85: no is_multiple_of)
     let len = if aligned {
         usize::from(prefix / 8)
     } else {
@@ -410,7 +430,14 @@ impl<'a> Batch<'a> {
             begin_seq,
             pending: Vec::new(),
         };
-        batch.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin_seq, 0, NFNL_SUBSYS_NFTABLES, &[]);
+        batch.header(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            begin_seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
         batch
     }
 
@@ -429,7 +456,14 @@ impl<'a> Batch<'a> {
         self.buf.resize(nl::align4(self.buf.len()), 0);
     }
 
-    fn push(&mut self, msg: u16, family: Family, flags: u16, what: &str, f: impl FnOnce(&mut Attrs)) {
+    fn push(
+        &mut self,
+        msg: u16,
+        family: Family,
+        flags: u16,
+        what: &str,
+        f: impl FnOnce(&mut Attrs),
+    ) {
         let mut attrs = Attrs::default();
         f(&mut attrs);
         let seq = self.sock.next_seq();
@@ -448,7 +482,14 @@ impl<'a> Batch<'a> {
     /// what the first failing message did and the kernel's errno.
     fn commit(mut self) -> std::result::Result<(), (String, io::Error)> {
         let end_seq = self.sock.next_seq();
-        self.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end_seq, 0, NFNL_SUBSYS_NFTABLES, &[]);
+        self.header(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            end_seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
         let batch = |e: io::Error| ("send batch".to_string(), e);
         self.sock.send(&self.buf).map_err(batch)?;
         let mut first_error: Option<(u32, String, io::Error)> = None;
@@ -521,12 +562,17 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
         let mut found = Vec::new();
         for item in doc["nftables"].as_array().unwrap() {
-            let Some(rule) = item.get("rule") else { continue };
+            let Some(rule) = item.get("rule") else {
+                continue;
+            };
             if rule["table"] != TABLE || rule["chain"] != chain {
                 continue;
             }
             let exprs = rule["expr"].as_array().unwrap();
-            assert!(exprs.iter().any(|e| e.get("masquerade").is_some()), "{rule}");
+            assert!(
+                exprs.iter().any(|e| e.get("masquerade").is_some()),
+                "{rule}"
+            );
             let saddr = &exprs[0]["match"];
             assert_eq!(saddr["op"], "==", "{rule}");
             let p = &saddr["right"]["prefix"];
@@ -550,7 +596,14 @@ mod tests {
             .unwrap()
             .iter()
             .filter_map(|i| i.get("chain"))
-            .map(|c| format!("{} {} {}", c["family"].as_str().unwrap(), c["table"].as_str().unwrap(), c["name"].as_str().unwrap()))
+            .map(|c| {
+                format!(
+                    "{} {} {}",
+                    c["family"].as_str().unwrap(),
+                    c["table"].as_str().unwrap(),
+                    c["name"].as_str().unwrap()
+                )
+            })
             .collect()
     }
 
@@ -577,7 +630,10 @@ mod tests {
         assert_eq!(rules(&ns, "podnet"), expected);
         assert_eq!(rules(&ns, "other"), expected[..1].to_vec());
         let listing = ns.exec(&["nft", "list", "chain", "ip", TABLE, "podnet"]);
-        assert!(listing.contains("type nat hook postrouting priority srcnat"), "{listing}");
+        assert!(
+            listing.contains("type nat hook postrouting priority srcnat"),
+            "{listing}"
+        );
         assert!(
             listing.contains(
                 "ip saddr 10.99.0.0/20 ip daddr != 10.99.0.0/20 ip daddr != 224.0.0.0/4 masquerade comment \"ohno 10.99.0.0/20\""

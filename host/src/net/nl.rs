@@ -13,7 +13,6 @@ pub(crate) const NLMSG_HDRLEN: usize = 16;
 pub(crate) const NLMSG_ERROR: u16 = 2;
 pub(crate) const NLMSG_DONE: u16 = 3;
 pub(crate) const NLM_F_REQUEST: u16 = 0x01;
-pub(crate) const NLM_F_MULTI: u16 = 0x02;
 pub(crate) const NLM_F_ACK: u16 = 0x04;
 pub(crate) const NLM_F_DUMP_INTR: u16 = 0x10;
 

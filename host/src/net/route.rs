@@ -77,7 +77,10 @@ impl Netlink {
     /// without; protocol boot, as `ip route add`). EEXIST is success.
     pub fn ensure_route(&mut self, route: &Route) -> Result<()> {
         let msg = route_message(route);
-        match self.request(RouteNetlinkMessage::NewRoute(msg), NLM_F_CREATE | NLM_F_EXCL) {
+        match self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(Error::netlink(
@@ -220,10 +223,20 @@ mod tests {
         let pod = TestNs::new("rp");
         let mut nl = Netlink::open_in(host.netns()).unwrap();
         let br = nl.ensure_bridge("ohnotest0", Some(1500), false).unwrap();
-        nl.ensure_addr(br.index, "10.88.0.1".parse().unwrap(), 24).unwrap();
-        nl.ensure_addr(br.index, "fd00:88::1".parse().unwrap(), 64).unwrap();
-        nl.create_veth("vethrt", "c/eth0", "eth0", pod.netns(), 1500, None, br.index)
+        nl.ensure_addr(br.index, "10.88.0.1".parse().unwrap(), 24)
             .unwrap();
+        nl.ensure_addr(br.index, "fd00:88::1".parse().unwrap(), 64)
+            .unwrap();
+        nl.create_veth(
+            "vethrt",
+            "c/eth0",
+            "eth0",
+            pod.netns(),
+            1500,
+            None,
+            br.index,
+        )
+        .unwrap();
 
         let mut p = Netlink::open_in(pod.netns()).unwrap();
         let eth0 = p.link_by_name("eth0").unwrap().unwrap();
@@ -239,8 +252,15 @@ mod tests {
         assert!(addrs.contains(&(v6, 64)), "{addrs:?}");
         // NODAD: not tentative, usable at once.
         let json = pod.exec(&["ip", "-j", "-6", "addr", "show", "dev", "eth0"]);
-        assert!(!json.contains("tentative"), "{json}");
-        assert!(json.contains("nodad"), "{json}");
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let ours = doc[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["local"] == "fd00:88::5")
+            .unwrap();
+        assert_eq!(ours["nodad"], true, "{json}");
+        assert!(ours.get("tentative").is_none(), "{json}");
         let json = pod.exec(&["ip", "-j", "-4", "addr", "show", "dev", "eth0"]);
         assert!(json.contains("\"broadcast\":\"10.88.0.255\""), "{json}");
 
@@ -256,7 +276,10 @@ mod tests {
         assert!(routes.contains(&gw6), "{routes:?}");
         assert!(routes.contains(&extra), "{routes:?}");
         // The kernel's connected route for the address.
-        assert!(routes.contains(&r("10.88.0.0", 24, None, Some(eth0.index))), "{routes:?}");
+        assert!(
+            routes.contains(&r("10.88.0.0", 24, None, Some(eth0.index))),
+            "{routes:?}"
+        );
         assert_eq!(p.default_route_mtu().unwrap(), Some(1500));
         // The host netns has no default route.
         assert_eq!(nl.default_route_mtu().unwrap(), None);
@@ -283,6 +306,9 @@ mod tests {
             .ensure_route(&r("0.0.0.0", 0, Some("10.99.0.1"), Some(lo.index)))
             .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("add route 0.0.0.0/0 via 10.99.0.1 dev 1 in "), "{msg}");
+        assert!(
+            msg.starts_with("add route 0.0.0.0/0 via 10.99.0.1 dev 1 in "),
+            "{msg}"
+        );
     }
 }

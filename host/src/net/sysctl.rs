@@ -19,7 +19,9 @@ fn path(key: &str) -> io::Result<PathBuf> {
     };
     if key.is_empty()
         || key.starts_with('/')
-        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
     {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -93,6 +95,8 @@ mod tests {
         assert_eq!(get("net/ipv4/ip_forward").unwrap(), host_before);
         let err = get("net/ipv4/no_such_knob").unwrap_err();
         assert!(err.is_not_found(), "{err}");
-        assert!(err.to_string().starts_with("get sysctl net/ipv4/no_such_knob: "));
+        assert!(err
+            .to_string()
+            .starts_with("get sysctl net/ipv4/no_such_knob: "));
     }
 }

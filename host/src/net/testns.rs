@@ -40,11 +40,6 @@ impl TestNs {
         PathBuf::from("/var/run/netns").join(&self.name)
     }
 
-    /// The namespace name as `ip netns` knows it.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The open namespace.
     pub fn netns(&self) -> &NetNs {
         self.ns.as_ref().expect("test netns is open until drop")
@@ -70,6 +65,8 @@ impl TestNs {
 impl Drop for TestNs {
     fn drop(&mut self) {
         self.ns = None;
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }

@@ -30,7 +30,11 @@ impl Pod {
         Pod {
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
-            netns: env.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            netns: env
+                .netns
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             network: conf.name.clone(),
             node: conf.node.clone(),
             namespace: env.args.pod_namespace.clone(),
@@ -71,7 +75,10 @@ pub enum Allocation {
     /// This pool, any free address.
     Pool(String),
     /// This exact address from this pool.
-    Address { pool: String, address: IpAddr },
+    Address {
+        pool: String,
+        address: IpAddr,
+    },
     Deny(String),
 }
 
@@ -122,7 +129,11 @@ pub fn load(conf: &NetConf) -> Result<Box<dyn Policy>> {
 /// id and ifname — deterministic, 15 characters. `salt` > 0 picks an alternative
 /// when the name is taken by another attachment.
 pub fn default_host_ifname(container_id: &str, ifname: &str, salt: u32) -> String {
-    let h = crate::ipam::fnv1a64(&[container_id.as_bytes(), ifname.as_bytes(), &salt.to_be_bytes()]);
+    let h = crate::ipam::fnv1a64(&[
+        container_id.as_bytes(),
+        ifname.as_bytes(),
+        &salt.to_be_bytes(),
+    ]);
     format!("veth{:011x}", h & 0xfff_ffff_ffff)
 }
 
@@ -142,8 +153,9 @@ mod tests {
         assert_ne!(a, default_host_ifname("abc124", "eth0", 0));
         assert_ne!(a, default_host_ifname("abc123", "eth0", 1));
         // No collisions across many containers.
-        let names: std::collections::HashSet<String> =
-            (0..20_000).map(|i| default_host_ifname(&format!("container-{i}"), "eth0", 0)).collect();
+        let names: std::collections::HashSet<String> = (0..20_000)
+            .map(|i| default_host_ifname(&format!("container-{i}"), "eth0", 0))
+            .collect();
         assert_eq!(names.len(), 20_000);
     }
 }

@@ -43,7 +43,9 @@ impl MemoryStore {
 
     /// Just before the next transaction, write `key` as another writer would.
     pub fn inject_interloper(&self, key: &str, value: &[u8]) {
-        self.lock().interlopers.push((key.to_string(), value.to_vec()));
+        self.lock()
+            .interlopers
+            .push((key.to_string(), value.to_vec()));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -109,8 +111,7 @@ impl Kv for MemoryStore {
         let mut s = self.lock();
         Self::outage(&mut s)?;
         let end = prefix_end(prefix);
-        Ok(s
-            .data
+        Ok(s.data
             .range(prefix.to_string()..end)
             .map(|(_, kv)| {
                 let mut kv = kv.clone();

@@ -110,16 +110,36 @@ pub(crate) mod suite {
 
     pub fn put_get_range_delete(kv: &dyn Kv) {
         assert!(kv.get("/t/a").unwrap().is_none());
-        assert!(kv.txn(Txn::new().when(Compare::absent("/t/a")).put("/t/a", "1")).unwrap());
-        assert!(!kv.txn(Txn::new().when(Compare::absent("/t/a")).put("/t/a", "2")).unwrap());
+        assert!(kv
+            .txn(Txn::new().when(Compare::absent("/t/a")).put("/t/a", "1"))
+            .unwrap());
+        assert!(!kv
+            .txn(Txn::new().when(Compare::absent("/t/a")).put("/t/a", "2"))
+            .unwrap());
         let a = kv.get("/t/a").unwrap().unwrap();
         assert_eq!(a.value, b"1");
         assert!(a.create_revision > 0);
         assert_eq!(a.create_revision, a.mod_revision);
-        assert!(kv.txn(Txn::new().put("/t/b", "x").put("/t/c/d", "y").put("/u", "z")).unwrap());
-        let keys: Vec<String> = kv.range("/t/", true).unwrap().into_iter().map(|k| k.key).collect();
+        assert!(kv
+            .txn(
+                Txn::new()
+                    .put("/t/b", "x")
+                    .put("/t/c/d", "y")
+                    .put("/u", "z")
+            )
+            .unwrap());
+        let keys: Vec<String> = kv
+            .range("/t/", true)
+            .unwrap()
+            .into_iter()
+            .map(|k| k.key)
+            .collect();
         assert_eq!(keys, vec!["/t/a", "/t/b", "/t/c/d"]);
-        assert!(kv.range("/t/", true).unwrap().iter().all(|k| k.value.is_empty()));
+        assert!(kv
+            .range("/t/", true)
+            .unwrap()
+            .iter()
+            .all(|k| k.value.is_empty()));
         assert_eq!(kv.range("/t/c/", false).unwrap()[0].value, b"y");
         assert!(kv.txn(Txn::new().delete("/t/b")).unwrap());
         assert!(kv.get("/t/b").unwrap().is_none());
@@ -139,16 +159,28 @@ pub(crate) mod suite {
         assert_eq!(kv.get("/k").unwrap().unwrap().value, b"v1");
         // Value and mod-revision compares.
         assert!(kv
-            .txn(Txn::new().when(Compare::Value("/k".into(), b"v1".to_vec())).put("/k", "v2"))
+            .txn(
+                Txn::new()
+                    .when(Compare::Value("/k".into(), b"v1".to_vec()))
+                    .put("/k", "v2")
+            )
             .unwrap());
         let k2 = kv.get("/k").unwrap().unwrap();
         assert!(k2.mod_revision > k.mod_revision);
         assert_eq!(k2.create_revision, k.create_revision);
         assert!(!kv
-            .txn(Txn::new().when(Compare::ModRevision("/k".into(), k.mod_revision)).delete("/k"))
+            .txn(
+                Txn::new()
+                    .when(Compare::ModRevision("/k".into(), k.mod_revision))
+                    .delete("/k")
+            )
             .unwrap());
         assert!(!kv
-            .txn(Txn::new().when(Compare::Value("/missing".into(), vec![])).put("/x", "1"))
+            .txn(
+                Txn::new()
+                    .when(Compare::Value("/missing".into(), vec![]))
+                    .put("/x", "1")
+            )
             .unwrap());
         // The failure branch runs when a compare fails.
         let mut t = Txn::new().when(Compare::absent("/k")).put("/never", "1");
