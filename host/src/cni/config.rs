@@ -98,6 +98,13 @@ struct RawStore {
     store_type: Option<String>,
     data_dir: Option<String>,
     prefix: Option<String>,
+    #[serde(default)]
+    endpoints: Vec<String>,
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    timeout_ms: Option<u64>,
+    retries: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -133,12 +140,35 @@ pub struct RouteConf {
 pub enum StoreConf {
     /// The embedded single-node store (SQLite) under `data_dir`.
     Local { data_dir: PathBuf, prefix: String },
+    /// An etcd cluster.
+    Etcd(EtcdConf),
+}
+
+/// Default per-request timeout against etcd.
+pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 1000;
+/// Default number of attempts (each on the next endpoint) before code 11.
+pub const DEFAULT_ETCD_RETRIES: u32 = 3;
+
+/// How to reach etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConf {
+    /// `https://host:port` (mutual TLS) or `http://host:port` (development).
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Connect and request timeout, per attempt.
+    pub timeout_ms: u64,
+    /// Attempts before giving up with "try again later".
+    pub retries: u32,
 }
 
 impl StoreConf {
     pub fn prefix(&self) -> &str {
         match self {
             StoreConf::Local { prefix, .. } => prefix,
+            StoreConf::Etcd(e) => &e.prefix,
         }
     }
 }
@@ -541,11 +571,75 @@ fn parse_store(raw: Option<&RawStore>) -> Result<StoreConf> {
             ),
             prefix,
         }),
+        "etcd" => parse_etcd(raw, prefix),
         other => Err(Error::config(
             "ipam.store.type",
-            format!("{other:?} is not a known store (known: local)"),
+            format!("{other:?} is not a known store (known: local, etcd)"),
         )),
     }
+}
+
+fn parse_etcd(raw: Option<&RawStore>, prefix: String) -> Result<StoreConf> {
+    let raw = raw.ok_or_else(|| Error::config("ipam.store", "missing"))?;
+    if raw.endpoints.is_empty() {
+        return Err(Error::config(
+            "ipam.store.endpoints",
+            "at least one endpoint is required",
+        ));
+    }
+    for (i, e) in raw.endpoints.iter().enumerate() {
+        let rest = e
+            .strip_prefix("https://")
+            .or_else(|| e.strip_prefix("http://"))
+            .ok_or_else(|| {
+                Error::config(
+                    format!("ipam.store.endpoints[{i}]"),
+                    format!("{e:?} must start with https:// or http://"),
+                )
+            })?;
+        if rest.is_empty() || rest.contains('/') && !rest.ends_with('/') {
+            return Err(Error::config(
+                format!("ipam.store.endpoints[{i}]"),
+                format!("{e:?} is not host:port"),
+            ));
+        }
+    }
+    let tls = raw.endpoints.iter().any(|e| e.starts_with("https://"));
+    if tls && raw.ca_file.is_none() {
+        return Err(Error::config(
+            "ipam.store.caFile",
+            "required for https:// endpoints",
+        ));
+    }
+    if raw.cert_file.is_some() != raw.key_file.is_some() {
+        return Err(Error::config(
+            "ipam.store.keyFile",
+            "certFile and keyFile go together",
+        ));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_ETCD_TIMEOUT_MS);
+    if !(10..=60_000).contains(&timeout_ms) {
+        return Err(Error::config(
+            "ipam.store.timeoutMs",
+            format!("{timeout_ms} is outside 10..=60000"),
+        ));
+    }
+    let retries = raw.retries.unwrap_or(DEFAULT_ETCD_RETRIES);
+    if !(1..=10).contains(&retries) {
+        return Err(Error::config(
+            "ipam.store.retries",
+            format!("{retries} is outside 1..=10"),
+        ));
+    }
+    Ok(StoreConf::Etcd(EtcdConf {
+        endpoints: raw.endpoints.clone(),
+        prefix,
+        ca_file: raw.ca_file.as_ref().map(PathBuf::from),
+        cert_file: raw.cert_file.as_ref().map(PathBuf::from),
+        key_file: raw.key_file.as_ref().map(PathBuf::from),
+        timeout_ms,
+        retries,
+    }))
 }
 
 fn parse_requests(raw: &RawNetConf, env_ips: &[IpAddr]) -> Result<Requests> {

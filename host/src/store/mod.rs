@@ -4,6 +4,7 @@
 //! allocator never reads-then-writes. Backends: `local` (embedded SQLite, safe across
 //! concurrent plugin processes on one node) and `memory` (tests, fault injection).
 
+pub mod etcd;
 pub mod local;
 pub mod memory;
 
@@ -88,6 +89,7 @@ pub trait Kv: Send + Sync {
 pub fn open(conf: &StoreConf) -> Result<Box<dyn Kv>> {
     match conf {
         StoreConf::Local { data_dir, .. } => Ok(Box::new(local::LocalStore::open(data_dir)?)),
+        StoreConf::Etcd(e) => Ok(Box::new(etcd::EtcdStore::open(e)?)),
     }
 }
 

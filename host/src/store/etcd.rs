@@ -1,0 +1,444 @@
+//! The etcd backend: etcd's v3 API over gRPC (etcd-client), mutual TLS, several
+//! endpoints with failover, a timeout per request and bounded retries.
+//!
+//! Every plugin call is a new process, so the client is built for a short life: a
+//! current-thread tokio runtime, one endpoint connected at a time (starting at a
+//! position derived from the process id, so a node's calls spread over the members),
+//! and on a transport error or timeout the next endpoint is tried. A call that no
+//! member answers within `timeoutMs` × `retries` is "try again later" (code 11).
+//! Requests carry `require-leader`, so a member that lost quorum answers at once
+//! instead of hanging.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare as ECompare, CompareOp, ConnectOptions, GetOptions, Identity,
+    KvClient, TlsOptions, Txn as ETxn, TxnOp,
+};
+
+use super::{Compare, KeyValue, Kv, Op, Txn};
+use crate::cni::config::EtcdConf;
+use crate::error::{Error, Result};
+
+pub struct EtcdStore {
+    rt: tokio::runtime::Runtime,
+    conf: EtcdConf,
+    options: ConnectOptions,
+    /// The connected endpoint (index into `conf.endpoints`) and its client.
+    client: Mutex<Option<(usize, KvClient)>>,
+    /// Where failover starts.
+    start: usize,
+}
+
+/// The error and its causes on one line: tonic hides the useful part (the TLS
+/// alert, the refused connection) in the source chain.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::config(field, format!("read {}: {e}", path.display())))
+}
+
+/// Errors after which another endpoint (or a later try) may succeed.
+fn retriable(e: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Aborted
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
+impl EtcdStore {
+    /// Build the client. Reads the certificates now (a bad path is code 7) but
+    /// connects lazily, on the first request.
+    pub fn open(conf: &EtcdConf) -> Result<EtcdStore> {
+        let timeout = Duration::from_millis(conf.timeout_ms);
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_require_leader(true);
+        if conf.endpoints.iter().any(|e| e.starts_with("https://")) {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &conf.ca_file {
+                tls = tls.ca_certificate(Certificate::from_pem(read_pem("ipam.store.caFile", ca)?));
+            }
+            match (&conf.cert_file, &conf.key_file) {
+                (Some(c), Some(k)) => {
+                    tls = tls.identity(Identity::from_pem(
+                        read_pem("ipam.store.certFile", c)?,
+                        read_pem("ipam.store.keyFile", k)?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::config(
+                        "ipam.store.certFile",
+                        "certFile and keyFile go together",
+                    ))
+                }
+            }
+            options = options.with_tls(tls);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("start the etcd client runtime", e))?;
+        let start = std::process::id() as usize % conf.endpoints.len().max(1);
+        Ok(EtcdStore {
+            rt,
+            conf: conf.clone(),
+            options,
+            client: Mutex::new(None),
+            start,
+        })
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<(usize, KvClient)>> {
+        match self.client.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Run `op` against the current endpoint; on a retriable failure, move to the
+    /// next endpoint, up to `retries` attempts in all.
+    fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let n = self.conf.endpoints.len();
+        let attempts = self.conf.retries.max(1);
+        let timeout = Duration::from_millis(self.conf.timeout_ms);
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            let (idx, client) = match self.connected(attempt as usize % n) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let endpoint = &self.conf.endpoints[idx];
+            let outcome = self
+                .rt
+                .block_on(async { tokio::time::timeout(timeout, op(client)).await });
+            match outcome {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if retriable(&e) => {
+                    last = format!("{endpoint}: {}", chain(&e));
+                    log::warn!(
+                        "etcd {what} via {endpoint} failed (attempt {}): {}",
+                        attempt + 1,
+                        chain(&e)
+                    );
+                }
+                Ok(Err(e)) => {
+                    return Err(Error::Store(format!(
+                        "etcd {what} via {endpoint}: {}",
+                        chain(&e)
+                    )))
+                }
+                Err(_) => {
+                    last = format!("{endpoint}: no answer within {} ms", self.conf.timeout_ms);
+                    log::warn!(
+                        "etcd {what} via {endpoint}: timed out (attempt {})",
+                        attempt + 1
+                    );
+                }
+            }
+            // Fail over: forget this connection, back off a little, try the next member.
+            *self.slot() = None;
+            std::thread::sleep(Duration::from_millis(20u64 << attempt.min(4)));
+        }
+        Err(Error::TryAgainLater(format!(
+            "etcd {what}: no endpoint answered after {attempts} attempts (timeoutMs {}); last error: {last}",
+            self.conf.timeout_ms
+        )))
+    }
+
+    /// The current client, or a new one to endpoint `start + offset`.
+    fn connected(&self, offset: usize) -> std::result::Result<(usize, KvClient), String> {
+        let mut slot = self.slot();
+        if let Some((i, c)) = slot.as_ref() {
+            return Ok((*i, c.clone()));
+        }
+        let idx = (self.start + offset) % self.conf.endpoints.len();
+        let endpoint = self.conf.endpoints[idx].clone();
+        let opts = self.options.clone();
+        let client = self
+            .rt
+            .block_on(async { Client::connect([endpoint.as_str()], Some(opts)).await })
+            .map_err(|e| format!("{endpoint}: connect: {}", chain(&e)))?;
+        let kv = client.kv_client();
+        *slot = Some((idx, kv.clone()));
+        Ok((idx, kv))
+    }
+}
+
+fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+impl Kv for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let resp = self.call("get", |mut c| async move { c.get(key, None).await })?;
+        Ok(resp.kvs().first().map(convert))
+    }
+
+    fn range(&self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>> {
+        let resp = self.call("range", |mut c| async move {
+            let mut o = GetOptions::new().with_prefix();
+            if keys_only {
+                o = o.with_keys_only();
+            }
+            c.get(prefix, Some(o)).await
+        })?;
+        Ok(resp.kvs().iter().map(convert).collect())
+    }
+
+    fn txn(&self, txn: Txn) -> Result<bool> {
+        let compares: Vec<ECompare> = txn
+            .compares
+            .iter()
+            .map(|c| match c {
+                Compare::CreateRevision(k, r) => {
+                    ECompare::create_revision(k.as_str(), CompareOp::Equal, *r)
+                }
+                Compare::ModRevision(k, r) => {
+                    ECompare::mod_revision(k.as_str(), CompareOp::Equal, *r)
+                }
+                Compare::Value(k, v) => ECompare::value(k.as_str(), CompareOp::Equal, v.clone()),
+            })
+            .collect();
+        let ops = |ops: &[Op]| -> Vec<TxnOp> {
+            ops.iter()
+                .map(|o| match o {
+                    Op::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
+                    Op::Delete(k) => TxnOp::delete(k.as_str(), None),
+                })
+                .collect()
+        };
+        let (success, failure) = (ops(&txn.success), ops(&txn.failure));
+        let resp = self.call("txn", |mut c| {
+            let t = ETxn::new()
+                .when(compares.clone())
+                .and_then(success.clone())
+                .or_else(failure.clone());
+            async move { c.txn(t).await }
+        })?;
+        Ok(resp.succeeded())
+    }
+
+    fn ping(&self) -> Result<()> {
+        // A linearizable read: answered only when the cluster has a leader and quorum.
+        self.call("ping", |mut c| async move {
+            c.get("/", Some(GetOptions::new().with_keys_only().with_limit(1)))
+                .await
+        })
+        .map(|_| ())
+    }
+}
+
+/// A throwaway single-member etcd for tests: free ports on 127.0.0.1, its own data
+/// directory, stopped (by PID) and removed on drop.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    pub struct TestEtcd {
+        child: Child,
+        dir: PathBuf,
+        pub endpoint: String,
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind a free port on 127.0.0.1")
+    }
+
+    impl TestEtcd {
+        pub fn start() -> TestEtcd {
+            let dir = std::env::temp_dir().join(format!(
+                "ohno-etcd-{}-{}",
+                std::process::id(),
+                free_port()
+            ));
+            std::fs::create_dir_all(&dir).expect("create etcd test dir");
+            let (client, peer) = (free_port(), free_port());
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let child = Command::new("etcd")
+                .args(["--name", "t", "--data-dir"])
+                .arg(dir.join("data"))
+                .args([
+                    "--listen-client-urls",
+                    &endpoint,
+                    "--advertise-client-urls",
+                    &endpoint,
+                ])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                ])
+                .args(["--initial-cluster", &format!("t=http://127.0.0.1:{peer}")])
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::File::create(dir.join("etcd.log"))
+                        .map(Stdio::from)
+                        .unwrap_or(Stdio::null()),
+                )
+                .spawn()
+                .expect("start etcd (Debian package etcd-server; `make setup` installs it)");
+            let me = TestEtcd {
+                child,
+                dir,
+                endpoint,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if me.store().ping().is_ok() {
+                    return me;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            panic!("etcd at {} did not become healthy", me.endpoint);
+        }
+
+        pub fn conf(&self) -> EtcdConf {
+            EtcdConf {
+                endpoints: vec![self.endpoint.clone()],
+                prefix: "/ohno".into(),
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
+                timeout_ms: 1000,
+                retries: 2,
+            }
+        }
+
+        pub fn store(&self) -> EtcdStore {
+            EtcdStore::open(&self.conf()).expect("open etcd store")
+        }
+
+        /// Delete every key, so each test of a suite starts empty.
+        pub fn wipe(&self) {
+            let s = self.store();
+            s.call("wipe", |mut c| async move {
+                c.delete("", Some(etcd_client::DeleteOptions::new().with_all_keys()))
+                    .await
+            })
+            .expect("wipe etcd");
+        }
+    }
+
+    impl Drop for TestEtcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestEtcd;
+    use super::*;
+
+    #[test]
+    fn store_and_allocator_suites_on_etcd() {
+        let etcd = TestEtcd::start();
+        super::super::suite::put_get_range_delete(&etcd.store());
+        etcd.wipe();
+        super::super::suite::compares_are_all_or_nothing(&etcd.store());
+        crate::ipam::allocator::suite::run_all(&|| {
+            etcd.wipe();
+            Box::new(etcd.store())
+        });
+    }
+
+    #[test]
+    fn unreachable_endpoint_is_try_again_within_the_budget() {
+        let conf = EtcdConf {
+            endpoints: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            prefix: "/ohno".into(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            timeout_ms: 200,
+            retries: 2,
+        };
+        let started = std::time::Instant::now();
+        let e = EtcdStore::open(&conf).unwrap().get("/x").unwrap_err();
+        assert_eq!(e.code(), 11, "{e}");
+        assert!(e.to_string().contains("127.0.0.1:"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_millis(2 * 200 + 500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_dead_endpoint_fails_over_to_a_live_one() {
+        let etcd = TestEtcd::start();
+        let mut conf = etcd.conf();
+        // Whichever one the process starts with, the live member answers.
+        conf.endpoints = vec!["http://127.0.0.1:1".into(), etcd.endpoint.clone()];
+        let s = EtcdStore::open(&conf).unwrap();
+        assert!(s.txn(Txn::new().put("/k", "v")).unwrap());
+        assert_eq!(s.get("/k").unwrap().unwrap().value, b"v");
+    }
+
+    #[test]
+    fn missing_certificate_file_is_config_error() {
+        let conf = EtcdConf {
+            endpoints: vec!["https://127.0.0.1:2379".into()],
+            prefix: "/ohno".into(),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            cert_file: None,
+            key_file: None,
+            timeout_ms: 200,
+            retries: 1,
+        };
+        let e = EtcdStore::open(&conf).err().unwrap();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("ipam.store.caFile"), "{e}");
+    }
+}
