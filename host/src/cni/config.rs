@@ -71,6 +71,12 @@ struct RawIpam {
     #[serde(default)]
     routes: Vec<RawRoute>,
     store: Option<RawStore>,
+    strict_affinity: Option<bool>,
+    /// In IPAM-plugin mode the top level belongs to the calling plugin, so these
+    /// may also be given here; the top level wins.
+    node: Option<String>,
+    log_file: Option<String>,
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +185,8 @@ pub struct IpamConf {
     pub pools: Vec<PoolConf>,
     pub routes: Vec<RouteConf>,
     pub store: StoreConf,
+    /// Never borrow addresses from other nodes' blocks (default true).
+    pub strict_affinity: bool,
 }
 
 /// Addresses and MAC the runtime asked for (capabilities and args).
@@ -256,7 +264,16 @@ impl NetConf {
                 return Err(Error::config("mtu", format!("{mtu} is outside 68..=65535")));
             }
         }
-        let log_level = match raw.log_level.as_deref().unwrap_or("info") {
+        let ipam_field = |f: fn(&RawIpam) -> Option<String>| raw.ipam.as_ref().and_then(f);
+        let log_level_s = raw
+            .log_level
+            .clone()
+            .or_else(|| ipam_field(|i| i.log_level.clone()));
+        let log_file = raw
+            .log_file
+            .clone()
+            .or_else(|| ipam_field(|i| i.log_file.clone()));
+        let log_level = match log_level_s.as_deref().unwrap_or("info") {
             "error" => log::LevelFilter::Error,
             "warn" | "warning" => log::LevelFilter::Warn,
             "info" => log::LevelFilter::Info,
@@ -270,7 +287,12 @@ impl NetConf {
                 ))
             }
         };
-        let node = match raw.node.clone().filter(|n| !n.is_empty()) {
+        let node = match raw
+            .node
+            .clone()
+            .or_else(|| ipam_field(|i| i.node.clone()))
+            .filter(|n| !n.is_empty())
+        {
             Some(n) => n,
             None => default_node_name()?,
         };
@@ -288,7 +310,7 @@ impl NetConf {
             hairpin_mode: raw.hairpin_mode.unwrap_or(false),
             promisc_mode: raw.promisc_mode.unwrap_or(false),
             node,
-            log_file: PathBuf::from(raw.log_file.as_deref().unwrap_or(DEFAULT_LOG_FILE)),
+            log_file: PathBuf::from(log_file.as_deref().unwrap_or(DEFAULT_LOG_FILE)),
             log_level,
             ipam,
             dns: raw.dns,
@@ -306,8 +328,20 @@ impl NetConf {
         struct Peek {
             log_file: Option<String>,
             log_level: Option<String>,
+            ipam: Option<Box<Peek>>,
         }
-        let p = serde_json::from_slice::<Peek>(stdin).ok();
+        let p = serde_json::from_slice::<Peek>(stdin).ok().map(|p| {
+            let inner = p.ipam.map(|i| *i);
+            Peek {
+                log_file: p
+                    .log_file
+                    .or_else(|| inner.as_ref().and_then(|i| i.log_file.clone())),
+                log_level: p
+                    .log_level
+                    .or_else(|| inner.as_ref().and_then(|i| i.log_level.clone())),
+                ipam: None,
+            }
+        });
         let file = p
             .as_ref()
             .and_then(|p| p.log_file.clone())
@@ -321,6 +355,12 @@ impl NetConf {
             _ => log::LevelFilter::Info,
         };
         (PathBuf::from(file), level)
+    }
+
+    /// Ohno runs as the IPAM plugin of another plugin (`"type": "bridge"`,
+    /// `"ipam": {"type": "ohno"}`): it allocates and answers, and touches no link.
+    pub fn ipam_only(&self) -> bool {
+        self.plugin_type != "ohno"
     }
 
     /// The parsed version (always one of `version::SUPPORTED`).
@@ -437,6 +477,7 @@ fn parse_ipam(raw: Option<&RawIpam>) -> Result<IpamConf> {
         pools,
         routes,
         store,
+        strict_affinity: raw.strict_affinity.unwrap_or(true),
     })
 }
 

@@ -24,6 +24,9 @@ use crate::store;
 const HOST_NAME_ATTEMPTS: u32 = 8;
 
 pub fn run(inv: &Invocation) -> Result<Value> {
+    if inv.conf.ipam_only() {
+        return run_ipam(inv);
+    }
     let (env, conf) = (&inv.env, &inv.conf);
     let netns_path = env.netns.as_deref().ok_or(Error::InvalidEnv {
         var: "CNI_NETNS",
@@ -60,7 +63,7 @@ pub fn run(inv: &Invocation) -> Result<Value> {
     };
 
     let kv = store::open(&conf.ipam.store)?;
-    let alloc = Allocator::new(&*kv, conf.ipam.store.prefix(), &conf.node);
+    let alloc = Allocator::from_conf(&*kv, conf);
     let id = inv.attachment_id();
     let repeat = alloc.find(&id)?.is_some();
     let wants = plan(conf, &pod, &mut *policy)?;
@@ -100,6 +103,57 @@ pub fn run(inv: &Invocation) -> Result<Value> {
             Err(e)
         }
     }
+}
+
+/// IPAM-plugin mode: allocate and return addresses and routes; the calling plugin
+/// (the reference bridge, macvlan, ipvlan) configures the interface.
+fn run_ipam(inv: &Invocation) -> Result<Value> {
+    let conf = &inv.conf;
+    let pod = Pod::new(&inv.env, conf);
+    let mut policy = policy::load(conf)?;
+    let kv = store::open(&conf.ipam.store)?;
+    let alloc = Allocator::from_conf(&*kv, conf);
+    let wants = plan(conf, &pod, &mut *policy)?;
+    let record = alloc.allocate(&owner(inv), &wants)?;
+    let addrs = addresses(&record)?;
+    let routes: Vec<(Cidr, IpAddr)> = addrs
+        .iter()
+        .flat_map(|(addr, block)| {
+            let gw = gateway_of(block);
+            conf.ipam
+                .routes
+                .iter()
+                .filter(move |r| r.dst.is_ipv4() == addr.is_ipv4())
+                .map(move |r| (r.dst.canonical(), r.gw.unwrap_or(gw)))
+        })
+        .collect();
+    let result = CniResult {
+        interfaces: Vec::new(),
+        ips: addrs
+            .iter()
+            .map(|(a, b)| IpConfig {
+                address: format!("{a}/{}", b.prefix()),
+                gateway: Some(gateway_of(b).to_string()),
+                interface: None,
+            })
+            .collect(),
+        routes: routes
+            .iter()
+            .map(|(d, g)| ResultRoute {
+                dst: d.to_string(),
+                gw: Some(g.to_string()),
+            })
+            .collect(),
+        dns: dns(conf),
+    };
+    Ok(result.to_json(&conf.cni_version))
+}
+
+fn dns(conf: &NetConf) -> crate::cni::result::Dns {
+    conf.dns
+        .as_ref()
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+        .unwrap_or_default()
 }
 
 /// What this ADD created, so a failure can remove exactly that.
@@ -436,10 +490,6 @@ fn result(
                 gw: Some(g.to_string()),
             })
             .collect(),
-        dns: conf
-            .dns
-            .as_ref()
-            .and_then(|d| serde_json::from_value(d.clone()).ok())
-            .unwrap_or_default(),
+        dns: dns(conf),
     }
 }

@@ -22,13 +22,26 @@ pub fn run(inv: &Invocation) -> Result<()> {
     let prev = CniResult::parse(prev)?;
 
     let kv = store::open(&conf.ipam.store)?;
-    let alloc = Allocator::new(&*kv, conf.ipam.store.prefix(), &conf.node);
+    let alloc = Allocator::from_conf(&*kv, conf);
     let record = alloc.find(&inv.attachment_id())?.ok_or_else(|| {
         fail(format!(
             "no allocation recorded for {}/{}",
             env.container_id, env.ifname
         ))
     })?;
+
+    if conf.ipam_only() {
+        // The calling plugin checks its links; the allocation is what we own.
+        for ip in &prev.ips {
+            if !record.ips.iter().any(|r| r.address == ip.address) {
+                return Err(fail(format!(
+                    "address {} is not recorded for this attachment",
+                    ip.address
+                )));
+            }
+        }
+        return Ok(());
+    }
 
     let netns_path = env.netns.as_deref().ok_or(Error::InvalidEnv {
         var: "CNI_NETNS",

@@ -15,7 +15,8 @@ pub fn run(inv: &Invocation) -> Result<()> {
     let (env, conf) = (&inv.env, &inv.conf);
     let mut first_error: Option<Error> = None;
 
-    if let Some(path) = &env.netns {
+    // In IPAM-plugin mode the calling plugin owns the links.
+    if let Some(path) = env.netns.as_ref().filter(|_| !conf.ipam_only()) {
         match NetNs::open(path) {
             Ok(ns) => {
                 if let Err(e) = delete_pod_link(&ns, &env.ifname) {
@@ -32,7 +33,7 @@ pub fn run(inv: &Invocation) -> Result<()> {
     }
 
     let kv = store::open(&conf.ipam.store)?;
-    let alloc = Allocator::new(&*kv, conf.ipam.store.prefix(), &conf.node);
+    let alloc = Allocator::from_conf(&*kv, conf);
     match alloc.release(&inv.attachment_id())? {
         Some(rec) => log::info!(
             "released {}",
@@ -49,7 +50,7 @@ pub fn run(inv: &Invocation) -> Result<()> {
         ),
     }
 
-    if conf.ip_masq {
+    if conf.ip_masq && !conf.ipam_only() {
         let remaining = alloc
             .attachments(Some(&conf.name))?
             .into_iter()

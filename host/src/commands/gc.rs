@@ -11,7 +11,7 @@ use crate::store;
 
 pub fn run(inv: &Invocation) -> Result<()> {
     let conf = &inv.conf;
-    let valid: HashSet<(&str, &str)> = conf
+    let valid: HashSet<(String, String)> = conf
         .valid_attachments
         .as_ref()
         .ok_or_else(|| {
@@ -21,35 +21,19 @@ pub fn run(inv: &Invocation) -> Result<()> {
             )
         })?
         .iter()
-        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
     let kv = store::open(&conf.ipam.store)?;
-    let alloc = Allocator::new(&*kv, conf.ipam.store.prefix(), &conf.node);
-    let mut released = 0;
-    let mut kept = 0;
-    for att in alloc.attachments(Some(&conf.name))? {
-        let o = &att.owner;
-        if o.node != conf.node {
-            continue;
-        }
-        if valid.contains(&(o.container_id.as_str(), o.ifname.as_str())) {
-            kept += 1;
-            continue;
-        }
-        log::info!(
-            "gc: releasing stale attachment {}/{}",
-            o.container_id,
-            o.ifname
-        );
-        alloc.release(&o.id())?;
-        released += 1;
-    }
+    let alloc = Allocator::from_conf(&*kv, conf);
+    let report = alloc.gc(&conf.name, &conf.node, &valid)?;
     log::info!(
-        "gc: released {released}, kept {kept} attachments of {} on {}",
+        "gc: released {}, kept {} attachments of {} on {}",
+        report.released.len(),
+        report.kept,
         conf.name,
         conf.node
     );
-    if conf.ip_masq && kept == 0 && released > 0 {
+    if conf.ip_masq && !conf.ipam_only() && report.kept == 0 && !report.released.is_empty() {
         nft::remove_masquerade(&conf.name)?;
     }
     Ok(())

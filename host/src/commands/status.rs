@@ -11,7 +11,7 @@ pub fn run(inv: &Invocation) -> Result<()> {
     let unavailable = |msg: String| Error::NotAvailable(msg);
     let kv = store::open(&conf.ipam.store).map_err(|e| unavailable(format!("store: {e}")))?;
     kv.ping().map_err(|e| unavailable(format!("store: {e}")))?;
-    let alloc = Allocator::new(&*kv, conf.ipam.store.prefix(), &conf.node);
+    let alloc = Allocator::from_conf(&*kv, conf);
     for pool in &conf.ipam.pools {
         alloc.ensure_pool(pool)?;
         if !alloc

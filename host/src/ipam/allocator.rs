@@ -12,7 +12,7 @@ use super::block::Layout;
 use super::cidr::{from_u128, to_u128, Cidr};
 use super::keys::{last_segment, parse_block_id, Keys};
 use super::model::{now, AttachmentId, AttachmentRecord, IpRecord, Owner};
-use crate::cni::config::PoolConf;
+use crate::cni::config::{NetConf, PoolConf};
 use crate::error::{Error, Result};
 use crate::store::{Compare, KeyValue, Kv, Txn};
 
@@ -55,6 +55,9 @@ pub struct Allocator<'a> {
     kv: &'a dyn Kv,
     keys: Keys,
     node: String,
+    /// When false, a node whose blocks are full and finds no free block may borrow
+    /// an address from another node's block.
+    strict_affinity: bool,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T> {
@@ -72,11 +75,29 @@ impl<'a> Allocator<'a> {
             kv,
             keys: Keys::new(prefix),
             node: node.to_string(),
+            strict_affinity: true,
         }
+    }
+
+    /// The allocator a network config describes: its store prefix, node and
+    /// affinity rule.
+    pub fn from_conf(kv: &'a dyn Kv, conf: &NetConf) -> Allocator<'a> {
+        Allocator::new(kv, conf.ipam.store.prefix(), &conf.node)
+            .with_strict_affinity(conf.ipam.strict_affinity)
+    }
+
+    /// Allow (false) or forbid (true, the default) borrowing from other nodes' blocks.
+    pub fn with_strict_affinity(mut self, strict: bool) -> Self {
+        self.strict_affinity = strict;
+        self
     }
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    pub fn kv(&self) -> &dyn Kv {
+        self.kv
     }
 
     pub fn node(&self) -> &str {
@@ -274,6 +295,11 @@ impl<'a> Allocator<'a> {
                 }
             }
             if !self.claim_new_block(pool)? {
+                if !self.strict_affinity {
+                    if let Some(p) = self.borrow(pool, attempt)? {
+                        return Ok(p);
+                    }
+                }
                 return Err(Error::PoolExhausted {
                     pool: pool.name.clone(),
                     msg: format!(
@@ -287,6 +313,42 @@ impl<'a> Allocator<'a> {
             "could not claim a block in pool {:?}",
             pool.name
         )))
+    }
+
+    /// A free address in another node's block (only when every block is claimed and
+    /// `strictAffinity` is off). Reads every block of the pool: the pool is full, so
+    /// this is the slow path by definition.
+    fn borrow(&self, pool: &PoolConf, attempt: usize) -> Result<Option<Pick>> {
+        let layout = Layout::new(pool);
+        for kv in self.kv.range(&self.keys.blocks_of_pool(&pool.name), true)? {
+            let Some(block) =
+                parse_block_id(last_segment(&kv.key)).filter(|b| layout.owns_block(b))
+            else {
+                continue;
+            };
+            let used = self.used(pool, &block)?;
+            let mut ip = layout.first_free(&block, &used, None);
+            for _ in 0..attempt {
+                match ip.and_then(|i| layout.first_free(&block, &used, Some(i))) {
+                    Some(next) => ip = Some(next),
+                    None => break,
+                }
+            }
+            if let Some(ip) = ip {
+                log::info!(
+                    "node {} borrows from block {block} of pool {:?}",
+                    self.node,
+                    pool.name
+                );
+                return Ok(Some(Pick {
+                    pool: pool.name.clone(),
+                    block,
+                    ip: from_u128(ip, block.is_ipv4()),
+                    guard: Some(Compare::ModRevision(kv.key.clone(), kv.mod_revision)),
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// This node's blocks of `pool`, each with the compare that proves it still is.
@@ -804,7 +866,68 @@ pub(crate) mod suite {
         assert!(a.find(&owner("gives-up", "node-a").id()).unwrap().is_none());
     }
 
+    pub fn borrowing_only_without_strict_affinity(kv: &dyn Kv) {
+        // Two /30 blocks, one usable address each. node-a takes one block, node-b the other.
+        let p = pool("small", "192.168.9.0/29", 30);
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        let b = Allocator::new(kv, "/ohno", "node-b");
+        a.allocate(
+            &owner("a1", "node-a"),
+            &[Want {
+                pool: &p,
+                address: None,
+            }],
+        )
+        .unwrap();
+        let e = a.allocate(
+            &owner("a2", "node-a"),
+            &[Want {
+                pool: &p,
+                address: None,
+            }],
+        );
+        // node-a's second ADD claims the other block (the pool has two).
+        assert!(e.is_ok());
+        let e = b
+            .allocate(
+                &owner("b1", "node-b"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), 100);
+        assert!(e.to_string().contains("small"));
+        // Free one of node-a's addresses: node-b may borrow it only without strict affinity.
+        a.release(&owner("a1", "node-a").id()).unwrap();
+        let e = b
+            .allocate(
+                &owner("b1", "node-b"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap_err();
+        assert_eq!(e.code(), 100);
+        let lax = Allocator::new(kv, "/ohno", "node-b").with_strict_affinity(false);
+        let r = lax
+            .allocate(
+                &owner("b1", "node-b"),
+                &[Want {
+                    pool: &p,
+                    address: None,
+                }],
+            )
+            .unwrap();
+        assert_eq!(r.owner.node, "node-b");
+        // Borrowing never takes the block: it still belongs to node-a.
+        assert!(lax.own_blocks(&p).unwrap().is_empty());
+    }
+
     pub fn run_all(kv_factory: &dyn Fn() -> Box<dyn Kv>) {
+        borrowing_only_without_strict_affinity(&*kv_factory());
         allocates_distinct_addresses_from_own_block(&*kv_factory());
         repeated_add_returns_same_addresses(&*kv_factory());
         release_deletes_both_keys_and_is_idempotent(&*kv_factory());

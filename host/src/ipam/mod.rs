@@ -8,6 +8,7 @@
 //! `ipam/README.md` for the key layout and the reasoning.
 
 pub mod allocator;
+pub mod audit;
 pub mod block;
 pub mod cidr;
 pub mod keys;

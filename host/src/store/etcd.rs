@@ -52,6 +52,22 @@ fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::config(field, format!("read {}: {e}", path.display())))
 }
 
+/// A TLS handshake failure (unknown CA, rejected or missing client certificate):
+/// rustls reports it as an `io::Error` of kind `InvalidData` somewhere in the chain.
+/// Retrying cannot help; the certificates in the config are wrong.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
+}
+
 /// Errors after which another endpoint (or a later try) may succeed.
 fn retriable(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
@@ -148,6 +164,12 @@ impl EtcdStore {
                 .block_on(async { tokio::time::timeout(timeout, op(client)).await });
             match outcome {
                 Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if is_tls_failure(&e) => {
+                    return Err(Error::config(
+                        "ipam.store.caFile/certFile/keyFile",
+                        format!("TLS handshake with {endpoint} failed: {} (check the CA and the client certificate)", chain(&e)),
+                    ))
+                }
                 Ok(Err(e)) if retriable(&e) => {
                     last = format!("{endpoint}: {}", chain(&e));
                     log::warn!(
