@@ -1,5 +1,10 @@
 //! The CNI plugin binary: `/opt/cni/bin/ohno`.
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // DEL's detached helper that finishes deleting a retired veth (see commands/del.rs).
+    if args.get(1).map(String::as_str) == Some("--reap-link") {
+        std::process::exit(ohno::commands::del::reap(&args));
+    }
     std::process::exit(ohno::commands::main());
 }

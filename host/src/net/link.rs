@@ -53,6 +53,8 @@ pub struct Link {
     pub up: bool,
     /// `IFLA_IFALIAS`; Ohno stores "<containerid>/<ifname>" on host veth ends.
     pub alias: Option<String>,
+    /// `IFLA_LINK`: for a veth end, the peer's index (in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 impl Link {
@@ -66,6 +68,7 @@ impl Link {
             master: None,
             up: msg.header.flags.contains(LinkFlags::Up),
             alias: None,
+            peer: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -73,6 +76,7 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
                 LinkAttribute::Controller(master) => link.master = Some(*master),
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
+                LinkAttribute::Link(peer) => link.peer = Some(*peer),
                 LinkAttribute::Address(mac) => link.mac = <[u8; 6]>::try_from(mac.as_slice()).ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
@@ -306,12 +310,7 @@ impl Netlink {
             let link = nl.link_by_name(host_name)?.ok_or_else(|| {
                 Error::netlink(context(), io::Error::from_raw_os_error(libc::ENODEV))
             })?;
-            let mut msg = LinkMessage::default();
-            msg.header.index = link.index;
-            msg.attributes
-                .push(LinkAttribute::IfAlias(alias.to_string()));
-            nl.request(RouteNetlinkMessage::SetLink(msg), 0)
-                .map_err(|e| Error::netlink(format!("{}: set alias {alias}", context()), e))?;
+            nl.set_alias(link.index, alias)?;
             nl.link_by_index(link.index)?.ok_or_else(|| {
                 Error::netlink(context(), io::Error::from_raw_os_error(libc::ENODEV))
             })
@@ -321,6 +320,47 @@ impl Netlink {
                 let _ = self.delete_link(link.index);
             }
         })
+    }
+
+    /// Set `IFLA_IFALIAS` (an empty alias removes it).
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map(drop)
+            .map_err(|e| {
+                Error::netlink(
+                    format!("set alias {alias:?} on link {index}{}", self.in_ns()),
+                    e,
+                )
+            })
+    }
+
+    /// Take a link out of service without deleting it: administratively down, then
+    /// renamed to `new_name` so its old name is free at once. Both are cheap; the
+    /// deletion (an RCU barrier in the kernel) can then happen elsewhere.
+    pub fn retire(&mut self, index: u32, new_name: &str) -> Result<()> {
+        check_ifname(new_name).map_err(|e| Error::netlink(format!("rename link {index}"), e))?;
+        let mut down = LinkMessage::default();
+        down.header.index = index;
+        down.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::SetLink(down), 0)
+            .map_err(|e| Error::netlink(format!("set link {index} down{}", self.in_ns()), e))?;
+        let mut rename = LinkMessage::default();
+        rename.header.index = index;
+        rename
+            .attributes
+            .push(LinkAttribute::IfName(new_name.to_string()));
+        self.request(RouteNetlinkMessage::SetLink(rename), 0)
+            .map(drop)
+            .map_err(|e| {
+                Error::netlink(
+                    format!("rename link {index} to {new_name}{}", self.in_ns()),
+                    e,
+                )
+            })
     }
 
     /// Set the link administratively up.
