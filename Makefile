@@ -17,7 +17,7 @@ demo: setup
 # binaries, which `cargo test` builds for the `ohno` crate's tests.
 test: setup
 	$(CARGO) build --workspace
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all --check

@@ -25,7 +25,10 @@ PACKAGES=(
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-    if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+    # Captured, not piped into `grep -q`: an early-exiting grep can SIGPIPE
+    # dpkg, and pipefail would then call an installed package missing.
+    status=$(dpkg -s "$pkg" 2>/dev/null || true)
+    if [[ $status != *"Status: install ok installed"* ]]; then
         missing+=("$pkg")
     fi
 done
@@ -51,7 +54,8 @@ if ! command -v rustup >/dev/null 2>&1; then
     exit 1
 fi
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
-if ! rustup toolchain list | grep -q "^${toolchain}-"; then
+toolchains=$(rustup toolchain list)
+if ! grep -q "^${toolchain}-" <<<"$toolchains"; then
     rustup toolchain install "$toolchain" --profile minimal
 fi
 installed_components=$(rustup +"$toolchain" component list --installed)
@@ -60,6 +64,7 @@ for component in rustfmt clippy; do
         rustup +"$toolchain" component add "$component"
     fi
 done
-if ! rustup +"$toolchain" target list --installed | grep -qx wasm32-wasip2; then
+installed_targets=$(rustup +"$toolchain" target list --installed)
+if ! grep -qx wasm32-wasip2 <<<"$installed_targets"; then
     rustup +"$toolchain" target add wasm32-wasip2
 fi

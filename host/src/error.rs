@@ -106,7 +106,22 @@ impl Error {
         }
     }
 
-    /// The short message of the CNI error document (`msg`); `details` carries the chain.
+    /// The CNI error document's `msg`: short, but naming the field, variable, pool
+    /// or address at fault. `details` carries the whole message.
+    pub fn msg(&self) -> String {
+        match self {
+            Error::InvalidConfig { field, .. } => format!("invalid network config field {field}"),
+            Error::InvalidEnv { var, .. } => format!("invalid environment variable {var}"),
+            Error::UnsupportedField { field, .. } => format!("unsupported field {field}"),
+            Error::PoolExhausted { pool, .. } => format!("pool {pool} is exhausted"),
+            Error::AddressUnavailable { address, .. } => format!("address {address} unavailable"),
+            Error::PolicyDenied { policy, .. } => format!("policy {policy} denied the request"),
+            Error::PolicyFault { policy, .. } => format!("policy {policy} failed"),
+            _ => self.summary().to_string(),
+        }
+    }
+
+    /// The category of the error, in a few words.
     pub fn summary(&self) -> &'static str {
         match self {
             Error::IncompatibleVersion(_) => "incompatible CNI version",

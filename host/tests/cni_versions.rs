@@ -33,7 +33,11 @@ fn add_answers_in(version: &str) {
 
     node.ohno("DEL", &pod, &node.with_prev_result(&conf, &result))
         .success();
-    assert!(node.host_veths().is_empty(), "{:?}", node.host.link_names());
+    assert!(
+        node.host_veths_eventually_gone(),
+        "{:?}",
+        node.host.link_names()
+    );
 }
 
 #[test]

@@ -203,7 +203,7 @@ fn del_is_idempotent() {
     first.success();
     assert_eq!(first.stdout.trim(), "", "DEL prints nothing on success");
     assert!(
-        node.host_veths().is_empty(),
+        node.host_veths_eventually_gone(),
         "host veth left: {:?}",
         node.host.link_names()
     );
@@ -229,7 +229,7 @@ fn del_succeeds_when_the_netns_is_already_gone() {
     common::run_plugin(&node.host, &inv, &del_conf.to_string()).success();
     common::run_plugin(&node.host, &inv, &del_conf.to_string()).success();
     assert!(
-        node.host_veths().is_empty(),
+        node.host_veths_eventually_gone(),
         "host veth left: {:?}",
         node.host.link_names()
     );

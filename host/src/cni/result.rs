@@ -135,7 +135,7 @@ pub fn error_json(version: &str, err: &Error) -> Value {
     json!({
         "cniVersion": version,
         "code": err.code(),
-        "msg": err.summary(),
+        "msg": err.msg(),
         "details": err.to_string(),
     })
 }

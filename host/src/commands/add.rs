@@ -99,6 +99,12 @@ pub fn run(inv: &Invocation) -> Result<Value> {
                 if let Err(u) = alloc.release(&id) {
                     log::warn!("undo: release addresses of {}: {u}", id.container_id);
                 }
+                // The masquerade chain is the network's; drop it if nobody else uses it.
+                if conf.ip_masq && node_has_no_attachments(&alloc, conf) {
+                    if let Err(u) = nft::remove_masquerade(&conf.name) {
+                        log::warn!("undo: remove masquerade of {}: {u}", conf.name);
+                    }
+                }
             }
             Err(e)
         }
@@ -154,6 +160,15 @@ fn dns(conf: &NetConf) -> crate::cni::result::Dns {
         .as_ref()
         .and_then(|d| serde_json::from_value(d.clone()).ok())
         .unwrap_or_default()
+}
+
+/// True when this node has no attachment left on the network (read errors count
+/// as "has some": never remove shared state on a guess).
+pub(crate) fn node_has_no_attachments(alloc: &Allocator<'_>, conf: &NetConf) -> bool {
+    alloc
+        .attachments(Some(&conf.name))
+        .map(|atts| !atts.iter().any(|a| a.owner.node == conf.node))
+        .unwrap_or(false)
 }
 
 /// What this ADD created, so a failure can remove exactly that.

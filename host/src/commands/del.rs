@@ -59,17 +59,10 @@ pub fn run(inv: &Invocation) -> Result<()> {
         ),
     }
 
-    if conf.ip_masq && !conf.ipam_only() {
-        let remaining = alloc
-            .attachments(Some(&conf.name))?
-            .into_iter()
-            .filter(|a| a.owner.node == conf.node)
-            .count();
-        if remaining == 0 {
-            if let Err(e) = nft::remove_masquerade(&conf.name) {
-                log::warn!("remove masquerade of {}: {e}", conf.name);
-                first_error.get_or_insert(e);
-            }
+    if conf.ip_masq && !conf.ipam_only() && super::add::node_has_no_attachments(&alloc, conf) {
+        if let Err(e) = nft::remove_masquerade(&conf.name) {
+            log::warn!("remove masquerade of {}: {e}", conf.name);
+            first_error.get_or_insert(e);
         }
     }
     match first_error {

@@ -30,8 +30,16 @@ use std::sync::{mpsc, Once};
 use std::thread;
 use std::time::Duration;
 
-/// The plugin under test, built by cargo for integration tests and benches.
+/// The plugin cargo built for these integration tests and benches.
 pub const OHNO: &str = env!("CARGO_BIN_EXE_ohno");
+
+/// The plugin under test: `$OHNO_BIN` when set (an installed or saved
+/// binary), else the one cargo built.
+pub fn ohno_binary() -> PathBuf {
+    std::env::var_os("OHNO_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(OHNO))
+}
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 /// Every result version Ohno writes.
@@ -315,6 +323,22 @@ impl Drop for TempDir {
     }
 }
 
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns
+/// whether it held. For effects the kernel completes asynchronously, such as
+/// destroying a deleted namespace's veth peers.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Every file under `dir` with its size: a store's footprint, to compare.
 pub fn file_tree(dir: &Path) -> BTreeMap<PathBuf, u64> {
     fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, u64>) {
@@ -436,7 +460,7 @@ impl Invocation {
     /// Ohno, with `CNI_PATH` set as a runtime would.
     pub fn ohno(command: &str, pod: &Pod) -> Invocation {
         Invocation {
-            binary: PathBuf::from(OHNO),
+            binary: ohno_binary(),
             command: Some(command.to_owned()),
             container_id: pod.container_id.clone(),
             netns: pod.ns.path(),
@@ -449,7 +473,8 @@ impl Invocation {
 
 /// `<dir of the ohno binary>:/usr/lib/cni`.
 pub fn default_cni_path() -> String {
-    let dir = Path::new(OHNO).parent().unwrap_or(Path::new("."));
+    let binary = ohno_binary();
+    let dir = binary.parent().unwrap_or(Path::new("."));
     format!("{}:{REFERENCE_PLUGINS}", dir.display())
 }
 
@@ -645,6 +670,14 @@ impl Node {
             .into_iter()
             .filter(|n| is_ohno_veth_name(n))
             .collect()
+    }
+
+    /// Whether every Ohno host veth is gone within 10 s. DEL hands the veth
+    /// pair's deletion to a detached reaper (the kernel's RCU barrier is slow)
+    /// and a deleted netns is destroyed from a kernel workqueue, so "gone" is
+    /// eventual, not immediate.
+    pub fn host_veths_eventually_gone(&self) -> bool {
+        eventually(Duration::from_secs(10), || self.host_veths().is_empty())
     }
 
     /// The plugin's log, or a note that there is none.
