@@ -10,7 +10,7 @@ build:
 	$(CARGO) build --workspace
 
 demo: setup
-	$(CARGO) build --release -p ohno
+	$(CARGO) build --release -p ohno --bins
 	scripts/demo.sh
 
 # Integration tests need root (they create network namespaces) and the debug
