@@ -4,9 +4,9 @@
 //! this node.
 //!
 //! Deleting a veth costs the kernel an RCU barrier (~20–30 ms) whoever asks. DEL
-//! does not wait for it: it takes the pod interface out of service (down, renamed
-//! to `ohnodel<index>` so `CNI_IFNAME` is free at once), clears the host end's
-//! alias (so a repeated ADD never adopts the dying pair), releases the addresses,
+//! does not wait for it: it takes both ends out of service (down, renamed to
+//! `ohnodel<index>`, so `CNI_IFNAME` and the host-side name are free at once and
+//! a repeated ADD never adopts the dying pair), releases the addresses,
 //! and leaves the deletion to a detached `ohno --reap-link` process that holds the
 //! pod netns open until the pair is gone. Nothing can use the released addresses
 //! meanwhile: the pod end is down. If the reaper cannot be started, DEL deletes
@@ -81,9 +81,13 @@ fn delete_pod_link(ns: &NetNs, ifname: &str) -> Result<()> {
     };
     let retired = nl.retire(link.index, &format!("{TOMBSTONE}{:08x}", link.index));
     if retired.is_ok() {
+        // The host end too: its name (the default rule's or a policy's) is free at
+        // once, and a repeated ADD can never adopt the dying pair.
         if let Some(peer) = link.peer {
-            if let Err(e) = Netlink::open().and_then(|mut host| host.set_alias(peer, "")) {
-                log::debug!("clear alias of host veth {peer}: {e}");
+            if let Err(e) = Netlink::open()
+                .and_then(|mut host| host.retire(peer, &format!("{TOMBSTONE}{peer:08x}")))
+            {
+                log::debug!("retire host veth {peer}: {e}");
             }
         }
         match spawn_reaper(ns, link.index) {
