@@ -32,11 +32,21 @@ pub struct EtcdStore {
     start: usize,
 }
 
-/// The error and its causes on one line: tonic hides the useful part (the TLS
-/// alert, the refused connection) in the source chain.
-fn chain(e: &dyn std::error::Error) -> String {
+/// The error etcd-client wraps: `etcd_client::Error` has no `source()`, so the
+/// chain (the TLS alert, the refused connection) starts at the tonic error inside.
+fn inner(e: &etcd_client::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    }
+}
+
+/// The error and its causes on one line.
+fn chain(e: &etcd_client::Error) -> String {
     let mut s = e.to_string();
-    let mut cur = e.source();
+    let mut cur = inner(e).and_then(|i| i.source());
     while let Some(c) = cur {
         let m = c.to_string();
         if !s.contains(&m) {
@@ -55,8 +65,8 @@ fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>> {
 /// A TLS handshake failure (unknown CA, rejected or missing client certificate):
 /// rustls reports it as an `io::Error` of kind `InvalidData` somewhere in the chain.
 /// Retrying cannot help; the certificates in the config are wrong.
-fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+fn is_tls_failure(e: &etcd_client::Error) -> bool {
+    let mut cur = inner(e);
     while let Some(c) = cur {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::InvalidData {
