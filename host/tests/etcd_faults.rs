@@ -9,7 +9,7 @@ mod etcd_support;
 
 use common::{eventually, first_ipv4, Output, Pod};
 use etcd_support::{pods, spawn_plugin, EtcdNode, Rng};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::Barrier;
 use std::thread;
@@ -95,7 +95,20 @@ fn adds_ride_out_a_member_down_fail_fast_without_quorum_and_recover() {
     let (second, last) = (alive[0], alive[1]);
     let keys_before = env.cluster.keys("");
     let veths_before = host_veths(&env);
+    // STATUS: an ADD could succeed with two of three members…
+    let mut status = conf.clone();
+    status["cniVersion"] = json!("1.1.0");
+    env.ohno("STATUS", &no_quorum_pod, &status).success();
     env.cluster.stop_member(second);
+    // …and cannot without quorum: 50.
+    let started = Instant::now();
+    env.ohno("STATUS", &no_quorum_pod, &status)
+        .error_with_code(50);
+    assert!(
+        started.elapsed() < STORE_BUDGET + MARGIN,
+        "STATUS without quorum took {:?}",
+        started.elapsed()
+    );
     let started = Instant::now();
     let out = env.ohno("ADD", &no_quorum_pod, &conf);
     let took = started.elapsed();
@@ -125,6 +138,7 @@ fn adds_ride_out_a_member_down_fail_fast_without_quorum_and_recover() {
         keys_before,
         "keys changed while the cluster had no quorum"
     );
+    env.ohno("STATUS", &recovery_pod, &status).success();
     let recovered = env.ohno("ADD", &recovery_pod, &conf);
     let (addr, _, _) = first_ipv4(assert_ok(&recovered));
     assert!(addresses.insert(addr), "{addr} handed out twice");
