@@ -218,3 +218,40 @@ fn ohnoctl_lists_checks_and_releases() {
     );
     assert_eq!(code, 1, "a released address shows as free");
 }
+
+#[test]
+fn ohnoctl_gc_releases_only_the_named_nodes_stale_attachments() {
+    require_root();
+    let node = Node::new();
+    let (keep, stale, other) = (Pod::new(), Pod::new(), Pod::new());
+    let conf = node.ohno_conf("1.1.0");
+    node.add(&keep, &conf);
+    node.add(&stale, &conf);
+    // The same store seen from another node.
+    let mut conf_b = conf.clone();
+    conf_b["node"] = json!("node-b");
+    conf_b["bridge"] = json!("ohno1");
+    node.add(&other, &conf_b);
+
+    let valid = node.dir.path().join("valid.json");
+    std::fs::write(
+        &valid,
+        json!([{"containerID": keep.container_id, "ifname": "eth0"}]).to_string(),
+    )
+    .expect("write valid list");
+    let valid = valid.display().to_string();
+    let (code, out) = ohnoctl(
+        &node,
+        &conf,
+        &["ipam", "gc", "--node", "node-a", "--valid", &valid],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&stale.container_id), "{out}");
+    let mut want = vec![keep.container_id.clone(), other.container_id.clone()];
+    want.sort();
+    assert_eq!(
+        containers(&node, &conf),
+        want,
+        "node-b's attachment must survive node-a's GC"
+    );
+}

@@ -72,6 +72,7 @@ struct RawIpam {
     routes: Vec<RawRoute>,
     store: Option<RawStore>,
     strict_affinity: Option<bool>,
+    lock_dir: Option<String>,
     /// In IPAM-plugin mode the top level belongs to the calling plugin, so these
     /// may also be given here; the top level wins.
     node: Option<String>,
@@ -187,7 +188,12 @@ pub struct IpamConf {
     pub store: StoreConf,
     /// Never borrow addresses from other nodes' blocks (default true).
     pub strict_affinity: bool,
+    /// Node-local directory for the lock that serializes block claims.
+    pub lock_dir: PathBuf,
 }
+
+/// Default directory of node-local lock files.
+pub const DEFAULT_LOCK_DIR: &str = "/run/ohno";
 
 /// Addresses and MAC the runtime asked for (capabilities and args).
 #[derive(Debug, Clone, Default)]
@@ -478,6 +484,7 @@ fn parse_ipam(raw: Option<&RawIpam>) -> Result<IpamConf> {
         routes,
         store,
         strict_affinity: raw.strict_affinity.unwrap_or(true),
+        lock_dir: PathBuf::from(raw.lock_dir.as_deref().unwrap_or(DEFAULT_LOCK_DIR)),
     })
 }
 

@@ -58,6 +58,9 @@ pub struct Allocator<'a> {
     /// When false, a node whose blocks are full and finds no free block may borrow
     /// an address from another node's block.
     strict_affinity: bool,
+    /// A node-local lock file taken around block claims, so a burst of ADDs on one
+    /// node that finds its blocks full claims one new block, not one each.
+    claim_lock: Option<std::path::PathBuf>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T> {
@@ -76,14 +79,52 @@ impl<'a> Allocator<'a> {
             keys: Keys::new(prefix),
             node: node.to_string(),
             strict_affinity: true,
+            claim_lock: None,
         }
     }
 
     /// The allocator a network config describes: its store prefix, node and
     /// affinity rule.
     pub fn from_conf(kv: &'a dyn Kv, conf: &NetConf) -> Allocator<'a> {
+        // One lock per store and node: unrelated stores never wait on each other.
+        let store_id = format!("{:?}", conf.ipam.store);
+        let lock = conf.ipam.lock_dir.join(format!(
+            "claim-{:016x}.lock",
+            super::fnv1a64(&[store_id.as_bytes(), conf.node.as_bytes()])
+        ));
         Allocator::new(kv, conf.ipam.store.prefix(), &conf.node)
             .with_strict_affinity(conf.ipam.strict_affinity)
+            .with_claim_lock(lock)
+    }
+
+    /// Serialize block claims of this node's processes through `path` (flock).
+    pub fn with_claim_lock(mut self, path: std::path::PathBuf) -> Self {
+        self.claim_lock = Some(path);
+        self
+    }
+
+    /// Take the node-local claim lock (released on drop). A lock that cannot be
+    /// taken is logged and skipped: it only prevents over-claiming, never duplicates
+    /// (the transactions do that).
+    fn lock_claims(&self) -> Option<nix::fcntl::Flock<std::fs::File>> {
+        let path = self.claim_lock.as_ref()?;
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .inspect_err(|e| log::warn!("open claim lock {}: {e}", path.display()))
+            .ok()?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
+            Ok(g) => Some(g),
+            Err((_, e)) => {
+                log::warn!("lock {}: {e}", path.display());
+                None
+            }
+        }
     }
 
     /// Allow (false) or forbid (true, the default) borrowing from other nodes' blocks.
@@ -274,6 +315,7 @@ impl<'a> Allocator<'a> {
     /// they are full. `attempt` spreads concurrent allocators over the free addresses.
     fn pick_free(&self, pool: &PoolConf, attempt: usize) -> Result<Pick> {
         let layout = Layout::new(pool);
+        let mut claim_guard = None;
         for _ in 0..MAX_ATTEMPTS {
             for (block, guard) in self.own_blocks(pool)? {
                 let used = self.used(pool, &block)?;
@@ -292,6 +334,15 @@ impl<'a> Allocator<'a> {
                         ip: from_u128(ip, block.is_ipv4()),
                         guard: Some(guard),
                     });
+                }
+            }
+            // Every block of ours is full. Claim a new one under the node's claim
+            // lock, after looking again: another ADD on this node may have just
+            // claimed one, which we should fill first.
+            if claim_guard.is_none() && self.claim_lock.is_some() {
+                claim_guard = self.lock_claims();
+                if claim_guard.is_some() {
+                    continue;
                 }
             }
             if !self.claim_new_block(pool)? {

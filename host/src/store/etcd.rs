@@ -32,11 +32,21 @@ pub struct EtcdStore {
     start: usize,
 }
 
-/// The error and its causes on one line: tonic hides the useful part (the TLS
-/// alert, the refused connection) in the source chain.
-fn chain(e: &dyn std::error::Error) -> String {
+/// The error etcd-client wraps: `etcd_client::Error` has no `source()`, so the
+/// chain (the TLS alert, the refused connection) starts at the tonic error inside.
+fn inner(e: &etcd_client::Error) -> Option<&(dyn std::error::Error + 'static)> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    }
+}
+
+/// The error and its causes on one line.
+fn chain(e: &etcd_client::Error) -> String {
     let mut s = e.to_string();
-    let mut cur = e.source();
+    let mut cur = inner(e).and_then(|i| i.source());
     while let Some(c) = cur {
         let m = c.to_string();
         if !s.contains(&m) {
@@ -55,8 +65,8 @@ fn read_pem(field: &str, path: &Path) -> Result<Vec<u8>> {
 /// A TLS handshake failure (unknown CA, rejected or missing client certificate):
 /// rustls reports it as an `io::Error` of kind `InvalidData` somewhere in the chain.
 /// Retrying cannot help; the certificates in the config are wrong.
-fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+fn is_tls_failure(e: &etcd_client::Error) -> bool {
+    let mut cur = inner(e);
     while let Some(c) = cur {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::InvalidData {
@@ -290,42 +300,62 @@ impl Kv for EtcdStore {
     }
 }
 
-/// A throwaway single-member etcd for tests: free ports on 127.0.0.1, its own data
-/// directory, stopped (by PID) and removed on drop.
+/// A throwaway single-member etcd for tests, inside a network namespace of its
+/// own (so nothing listens in the machine's namespace): fixed ports on that
+/// namespace's 127.0.0.1, its own data directory; stopped by PID, the namespace
+/// and directory removed on drop. Test code that talks to it runs through
+/// [`TestEtcd::run`], on a thread inside that namespace.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::net::TcpListener;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::net::netns::NetNs;
+
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
     pub struct TestEtcd {
         child: Child,
         dir: PathBuf,
+        ns_name: String,
+        ns: NetNs,
         pub endpoint: String,
     }
 
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind a free port on 127.0.0.1")
+    fn ip(args: &[&str]) {
+        let ok = Command::new("ip")
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "ip {args:?} failed");
     }
 
     impl TestEtcd {
         pub fn start() -> TestEtcd {
-            let dir = std::env::temp_dir().join(format!(
-                "ohno-etcd-{}-{}",
-                std::process::id(),
-                free_port()
-            ));
+            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+            let ns_name = format!("ohno-etcdunit-{}-{n}", std::process::id());
+            let dir = std::env::temp_dir().join(&ns_name);
             std::fs::create_dir_all(&dir).expect("create etcd test dir");
-            let (client, peer) = (free_port(), free_port());
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let child = Command::new("etcd")
-                .args(["--name", "t", "--data-dir"])
+            ip(&["netns", "add", &ns_name]);
+            ip(&["-n", &ns_name, "link", "set", "lo", "up"]);
+            let ns = NetNs::open(Path::new(&format!("/var/run/netns/{ns_name}")))
+                .expect("open test netns");
+            // The namespace is ours alone, so fixed ports cannot clash.
+            let endpoint = "http://127.0.0.1:2379".to_string();
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns_name,
+                    "etcd",
+                    "--name",
+                    "t",
+                    "--data-dir",
+                ])
                 .arg(dir.join("data"))
                 .args([
                     "--listen-client-urls",
@@ -333,12 +363,9 @@ pub(crate) mod testing {
                     "--advertise-client-urls",
                     &endpoint,
                 ])
-                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                ])
-                .args(["--initial-cluster", &format!("t=http://127.0.0.1:{peer}")])
+                .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+                .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+                .args(["--initial-cluster", "t=http://127.0.0.1:2380"])
                 .stdout(Stdio::null())
                 .stderr(
                     std::fs::File::create(dir.join("etcd.log"))
@@ -350,16 +377,18 @@ pub(crate) mod testing {
             let me = TestEtcd {
                 child,
                 dir,
+                ns_name,
+                ns,
                 endpoint,
             };
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
-                if me.store().ping().is_ok() {
+                if me.run(|s| s.ping().is_ok()) {
                     return me;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            panic!("etcd at {} did not become healthy", me.endpoint);
+            panic!("etcd in netns {} did not become healthy", me.ns_name);
         }
 
         pub fn conf(&self) -> EtcdConf {
@@ -374,13 +403,16 @@ pub(crate) mod testing {
             }
         }
 
-        pub fn store(&self) -> EtcdStore {
-            EtcdStore::open(&self.conf()).expect("open etcd store")
+        /// Run `f` with a fresh store client, on a thread inside the namespace.
+        pub fn run<T: Send>(&self, f: impl FnOnce(EtcdStore) -> T + Send) -> T {
+            let conf = self.conf();
+            self.ns
+                .run(move || Ok(f(EtcdStore::open(&conf)?)))
+                .expect("run inside the etcd test namespace")
         }
 
         /// Delete every key, so each test of a suite starts empty.
-        pub fn wipe(&self) {
-            let s = self.store();
+        pub fn wipe(s: &EtcdStore) {
             s.call("wipe", |mut c| async move {
                 c.delete("", Some(etcd_client::DeleteOptions::new().with_all_keys()))
                     .await
@@ -393,6 +425,9 @@ pub(crate) mod testing {
         fn drop(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns_name])
+                .status();
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -406,12 +441,15 @@ mod tests {
     #[test]
     fn store_and_allocator_suites_on_etcd() {
         let etcd = TestEtcd::start();
-        super::super::suite::put_get_range_delete(&etcd.store());
-        etcd.wipe();
-        super::super::suite::compares_are_all_or_nothing(&etcd.store());
-        crate::ipam::allocator::suite::run_all(&|| {
-            etcd.wipe();
-            Box::new(etcd.store())
+        let conf = etcd.conf();
+        etcd.run(move |s| {
+            super::super::suite::put_get_range_delete(&s);
+            TestEtcd::wipe(&s);
+            super::super::suite::compares_are_all_or_nothing(&s);
+            crate::ipam::allocator::suite::run_all(&|| {
+                TestEtcd::wipe(&s);
+                Box::new(EtcdStore::open(&conf).expect("open etcd store"))
+            });
         });
     }
 
@@ -443,9 +481,11 @@ mod tests {
         let mut conf = etcd.conf();
         // Whichever one the process starts with, the live member answers.
         conf.endpoints = vec!["http://127.0.0.1:1".into(), etcd.endpoint.clone()];
-        let s = EtcdStore::open(&conf).unwrap();
-        assert!(s.txn(Txn::new().put("/k", "v")).unwrap());
-        assert_eq!(s.get("/k").unwrap().unwrap().value, b"v");
+        etcd.run(move |_| {
+            let s = EtcdStore::open(&conf).unwrap();
+            assert!(s.txn(Txn::new().put("/k", "v")).unwrap());
+            assert_eq!(s.get("/k").unwrap().unwrap().value, b"v");
+        });
     }
 
     #[test]
