@@ -179,7 +179,8 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
             let engine = wasm::engine()?;
             let started = std::time::Instant::now();
             let (_, outcome) = wasm::load_component(&engine, &file, &cache_dir)?;
-            let bytes = std::fs::read(&file).map_err(|e| Error::io(format!("read {}", file.display()), e))?;
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Error::io(format!("read {}", file.display()), e))?;
             let entry = wasm::cache::entry(&cache_dir, &wasm::cache::key(&engine, &bytes));
             println!(
                 "{}: {} in {:.1} ms; cache entry {}",
@@ -197,17 +198,24 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
         PolicyCmd::Check { file, config } => {
             let config = parse_config(&config)?;
             let engine = wasm::engine()?;
-            let bytes = std::fs::read(&file).map_err(|e| Error::io(format!("read {}", file.display()), e))?;
-            let component = wasmtime::component::Component::new(&engine, &bytes).map_err(|e| Error::PolicyFault {
-                policy: file.display().to_string(),
-                reason: format!("not a valid WebAssembly component: {e:#}"),
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Error::io(format!("read {}", file.display()), e))?;
+            let component = wasmtime::component::Component::new(&engine, &bytes).map_err(|e| {
+                Error::PolicyFault {
+                    policy: file.display().to_string(),
+                    reason: format!("not a valid WebAssembly component: {e:#}"),
+                }
             })?;
             let (exports, imports) = wasm::describe(&engine, &component);
             println!("component: {} ({} bytes)", file.display(), bytes.len());
             println!("exports:   {}", exports.join(", "));
             println!("imports:   {}", imports.join(", "));
             wasm::check_contract(&engine, &component, &file.display().to_string())?;
-            println!("contract:  ok ({}@{} compatible)", wasm::WIT_PACKAGE, wasm::WIT_VERSION);
+            println!(
+                "contract:  ok ({}@{} compatible)",
+                wasm::WIT_PACKAGE,
+                wasm::WIT_VERSION
+            );
             let conf = offline_conf(&file, config);
             let view = offline_view(&[], "node-a")?;
             wasm::WasmPolicy::load(&conf, view.1)?;
@@ -223,7 +231,8 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
         } => {
             let config = parse_config(&config)?;
             let read_json = |p: &PathBuf| -> Result<Value> {
-                let raw = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
+                let raw =
+                    std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
                 serde_json::from_slice(&raw).map_err(|e| Error::Decode {
                     what: p.display().to_string(),
                     msg: e.to_string(),
@@ -248,13 +257,23 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                 ohno::policy::Naming::Deny(r) => serde_json::json!({"deny": r}),
             };
             let mut allocation = serde_json::Map::new();
-            for (fam, label) in [(ohno::policy::Family::V4, "ipv4"), (ohno::policy::Family::V6, "ipv6")] {
-                let of_family: Vec<&ohno::cni::config::PoolConf> =
-                    pool_confs.iter().filter(|p| ohno::policy::Family::of_pool(p) == fam).collect();
+            for (fam, label) in [
+                (ohno::policy::Family::V4, "ipv4"),
+                (ohno::policy::Family::V6, "ipv6"),
+            ] {
+                let of_family: Vec<&ohno::cni::config::PoolConf> = pool_confs
+                    .iter()
+                    .filter(|p| ohno::policy::Family::of_pool(p) == fam)
+                    .collect();
                 if of_family.is_empty() {
                     continue;
                 }
-                let answer = match ohno::policy::Policy::allocate(&mut policy, &pod, fam, &of_family)? {
+                let answer = match ohno::policy::Policy::allocate(
+                    &mut policy,
+                    &pod,
+                    fam,
+                    &of_family,
+                )? {
                     ohno::policy::Allocation::Default => serde_json::json!("default"),
                     ohno::policy::Allocation::Pool(p) => serde_json::json!({"pool": p}),
                     ohno::policy::Allocation::Address { pool, address } => {
@@ -262,7 +281,9 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                             .iter()
                             .find(|p| p.name == pool)
                             .map(|p| Layout::new(p).check_usable(address).err())
-                            .unwrap_or_else(|| Some(format!("{pool:?} is not a pool of this family")));
+                            .unwrap_or_else(|| {
+                                Some(format!("{pool:?} is not a pool of this family"))
+                            });
                         serde_json::json!({"address": address.to_string(), "pool": pool, "hostWouldReject": verdict})
                     }
                     ohno::policy::Allocation::Deny(r) => serde_json::json!({"deny": r}),
@@ -299,7 +320,10 @@ fn offline_conf(file: &std::path::Path, config: Value) -> ohno::policy::wasm::Po
 fn offline_view(
     pools: &[Value],
     node: &str,
-) -> Result<(Vec<ohno::cni::config::PoolConf>, ohno::policy::wasm::HostView)> {
+) -> Result<(
+    Vec<ohno::cni::config::PoolConf>,
+    ohno::policy::wasm::HostView,
+)> {
     use ohno::ipam::{Owner, Want};
     let clean: Vec<Value> = pools
         .iter()
@@ -320,14 +344,23 @@ fn offline_view(
         });
         NetConf::parse(conf.to_string().as_bytes(), &[])?.ipam.pools
     };
-    let kv: std::sync::Arc<dyn ohno::store::Kv> = std::sync::Arc::new(ohno::store::memory::MemoryStore::new());
+    let kv: std::sync::Arc<dyn ohno::store::Kv> =
+        std::sync::Arc::new(ohno::store::memory::MemoryStore::new());
     let alloc = Allocator::new(&*kv, "/ohno", node);
     for (p, conf) in pools.iter().zip(&confs) {
-        for (i, ip) in p.get("used").and_then(Value::as_array).into_iter().flatten().enumerate() {
-            let addr: IpAddr = ip
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| Error::config(format!("--pools {}.used", conf.name), format!("{ip} is not an address")))?;
+        for (i, ip) in p
+            .get("used")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let addr: IpAddr = ip.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                Error::config(
+                    format!("--pools {}.used", conf.name),
+                    format!("{ip} is not an address"),
+                )
+            })?;
             let owner = Owner {
                 network: "offline".into(),
                 container_id: format!("used-{}-{i}", conf.name),
@@ -338,7 +371,13 @@ fn offline_view(
                 pod_uid: None,
                 created: 0,
             };
-            alloc.allocate(&owner, &[Want { pool: conf, address: Some(addr) }])?;
+            alloc.allocate(
+                &owner,
+                &[Want {
+                    pool: conf,
+                    address: Some(addr),
+                }],
+            )?;
         }
     }
     let view = ohno::policy::wasm::HostView {
@@ -364,14 +403,23 @@ fn offline_pod(v: &Value, node: &str) -> ohno::policy::Pod {
         annotations: v
             .get("annotations")
             .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
             .unwrap_or_default(),
         args: v
             .get("args")
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
-                    .filter_map(|kv| Some((kv.get(0)?.as_str()?.to_owned(), kv.get(1)?.as_str()?.to_owned())))
+                    .filter_map(|kv| {
+                        Some((
+                            kv.get(0)?.as_str()?.to_owned(),
+                            kv.get(1)?.as_str()?.to_owned(),
+                        ))
+                    })
                     .collect()
             })
             .unwrap_or_default(),

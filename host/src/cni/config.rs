@@ -322,7 +322,11 @@ impl NetConf {
             dns: raw.dns,
             requests,
             prev_result: raw.prev_result,
-            policy: raw.policy.as_ref().map(crate::policy::wasm::PolicyConf::parse).transpose()?,
+            policy: raw
+                .policy
+                .as_ref()
+                .map(crate::policy::wasm::PolicyConf::parse)
+                .transpose()?,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
         })
     }

@@ -226,8 +226,13 @@ fn allocate(
         attempt += 1;
         let (wants, chosen) = plan(&inv.conf, pod, policy)?;
         match alloc.allocate(&owner, &wants) {
-            Err(Error::AddressUnavailable { address, msg }) if chosen && attempt < POLICY_ATTEMPTS => {
-                log::info!("address {address} chosen by policy {} is unavailable ({msg}); asking again", policy.name());
+            Err(Error::AddressUnavailable { address, msg })
+                if chosen && attempt < POLICY_ATTEMPTS =>
+            {
+                log::info!(
+                    "address {address} chosen by policy {} is unavailable ({msg}); asking again",
+                    policy.name()
+                );
             }
             other => return other,
         }
@@ -237,7 +242,11 @@ fn allocate(
 /// One address per family that has pools: a requested address wins, else the
 /// policy decides (its answer checked here; the transaction checks freedom),
 /// else the family's first pool. The flag says whether the policy chose an address.
-fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<(Vec<Want<'c>>, bool)> {
+fn plan<'c>(
+    conf: &'c NetConf,
+    pod: &Pod,
+    policy: &mut dyn Policy,
+) -> Result<(Vec<Want<'c>>, bool)> {
     let pools = &conf.ipam.pools;
     let mut families: Vec<Family> = Vec::new();
     for p in pools {
@@ -255,7 +264,10 @@ fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<(Ve
                 address: ip.to_string(),
                 msg: "requested address is in none of the configured pools".into(),
             })?;
-        if wants.iter().any(|w: &Want<'_>| Family::of_pool(w.pool) == Family::of(*ip)) {
+        if wants
+            .iter()
+            .any(|w: &Want<'_>| Family::of_pool(w.pool) == Family::of(*ip))
+        {
             return Err(Error::AddressUnavailable {
                 address: ip.to_string(),
                 msg: "more than one address requested for the same family".into(),
@@ -271,7 +283,8 @@ fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<(Ve
         if wants.iter().any(|w| Family::of_pool(w.pool) == fam) {
             continue;
         }
-        let of_family: Vec<&PoolConf> = pools.iter().filter(|p| Family::of_pool(p) == fam).collect();
+        let of_family: Vec<&PoolConf> =
+            pools.iter().filter(|p| Family::of_pool(p) == fam).collect();
         let first = Want {
             pool: of_family[0],
             address: None,

@@ -38,13 +38,16 @@ use crate::ipam::cidr::{from_u128, to_u128};
 use crate::ipam::Allocator;
 use crate::store::Kv;
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "policy",
-});
+/// The one `bindgen!`: Rust types and traits for the `policy` world.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+    });
+}
 
-use exports::ohno::policy::decisions as wit;
-use ohno::policy::types as t;
+use bindings::ohno::policy::types as t;
+use bindings::Policy as PolicyWorld;
 
 /// The package version this host implements; components built against any
 /// 0.1.x are accepted.
@@ -115,29 +118,32 @@ pub const DEFAULT_CACHE_DIR: &str = "/var/lib/ohno/policy-cache";
 impl PolicyConf {
     /// Parse and validate the `policy` section (code 7 naming the field).
     pub fn parse(v: &serde_json::Value) -> Result<PolicyConf> {
-        let obj = v.as_object().ok_or_else(|| Error::config("policy", "must be an object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::config("policy", "must be an object"))?;
         let path = obj
             .get("path")
             .and_then(|p| p.as_str())
             .filter(|p| !p.is_empty())
             .ok_or_else(|| Error::config("policy.path", "missing"))?;
-        let num = |field: &str, default: u64, range: std::ops::RangeInclusive<u64>| -> Result<u64> {
-            match obj.get(field) {
-                None => Ok(default),
-                Some(n) => {
-                    let n = n
-                        .as_u64()
-                        .ok_or_else(|| Error::config(format!("policy.{field}"), "must be a positive integer"))?;
-                    if !range.contains(&n) {
-                        return Err(Error::config(
-                            format!("policy.{field}"),
-                            format!("{n} is outside {}..={}", range.start(), range.end()),
-                        ));
+        let num =
+            |field: &str, default: u64, range: std::ops::RangeInclusive<u64>| -> Result<u64> {
+                match obj.get(field) {
+                    None => Ok(default),
+                    Some(n) => {
+                        let n = n.as_u64().ok_or_else(|| {
+                            Error::config(format!("policy.{field}"), "must be a positive integer")
+                        })?;
+                        if !range.contains(&n) {
+                            return Err(Error::config(
+                                format!("policy.{field}"),
+                                format!("{n} is outside {}..={}", range.start(), range.end()),
+                            ));
+                        }
+                        Ok(n)
                     }
-                    Ok(n)
                 }
-            }
-        };
+            };
         let failure_policy = match obj.get("failurePolicy").and_then(|f| f.as_str()) {
             None | Some("fail") => FailurePolicy::Fail,
             Some("default") => FailurePolicy::Default,
@@ -150,7 +156,10 @@ impl PolicyConf {
         };
         Ok(PolicyConf {
             path: PathBuf::from(path),
-            config: obj.get("config").cloned().unwrap_or(serde_json::Value::Null),
+            config: obj
+                .get("config")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
             timeout_ms: num("timeoutMs", DEFAULT_TIMEOUT_MS, 1..=60_000)?,
             memory_mb: num("memoryMB", DEFAULT_MEMORY_MB, 1..=4096)?,
             fuel: num("fuel", DEFAULT_FUEL, 1_000..=u64::MAX / 2)?,
@@ -172,9 +181,8 @@ pub fn engine() -> Result<Engine> {
         .consume_fuel(true)
         .epoch_interruption(true)
         .max_wasm_stack(MAX_WASM_STACK)
-        .wasm_gc(false)
-        .wasm_exceptions(false)
-        .wasm_threads(false);
+        // GC off; threads and exceptions are not compiled into this wasmtime.
+        .wasm_gc(false);
     Engine::new(&c).map_err(|e| Error::PolicyFault {
         policy: "(engine)".into(),
         reason: format!("configure wasmtime: {e:#}"),
@@ -219,7 +227,9 @@ impl HostView {
     pub fn next_free(&self, pool: &str, after: Option<IpAddr>) -> Option<IpAddr> {
         let pool = self.pool(pool)?;
         let layout = Layout::new(pool);
-        let after = after.filter(|a| a.is_ipv4() == pool.subnet.is_ipv4()).map(to_u128);
+        let after = after
+            .filter(|a| a.is_ipv4() == pool.subnet.is_ipv4())
+            .map(to_u128);
         self.own(pool)
             .iter()
             .filter_map(|(b, used)| {
@@ -253,7 +263,10 @@ impl HostView {
             .iter()
             .map(|(b, used)| {
                 let usable = layout.usable_count(b);
-                let taken = used.iter().filter(|n| layout.check_usable(from_u128(**n, b.is_ipv4())).is_ok()).count();
+                let taken = used
+                    .iter()
+                    .filter(|n| layout.check_usable(from_u128(**n, b.is_ipv4())).is_ok())
+                    .count();
                 usable.saturating_sub(taken as u128) as u64
             })
             .sum()
@@ -299,9 +312,9 @@ fn from_wit_ip(ip: &t::IpAddress) -> IpAddr {
     }
 }
 
-impl ohno::policy::types::Host for HostState {}
+impl bindings::ohno::policy::types::Host for HostState {}
 
-impl ohno::policy::host::Host for HostState {
+impl bindings::ohno::policy::host::Host for HostState {
     fn log(&mut self, level: t::Level, message: String) {
         let level = match level {
             t::Level::Trace => log::Level::Trace,
@@ -316,7 +329,9 @@ impl ohno::policy::host::Host for HostState {
     }
 
     fn next_free(&mut self, pool: String, after: Option<t::IpAddress>) -> Option<t::IpAddress> {
-        self.view.next_free(&pool, after.as_ref().map(from_wit_ip)).map(to_wit_ip)
+        self.view
+            .next_free(&pool, after.as_ref().map(from_wit_ip))
+            .map(to_wit_ip)
     }
 
     fn is_free(&mut self, pool: String, address: t::IpAddress) -> bool {
@@ -391,8 +406,15 @@ pub mod cache {
     pub fn write(dir: &Path, path: &Path, payload: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), crate::ipam::model::now()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            std::process::id(),
+            crate::ipam::model::now()
+        ));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -402,7 +424,10 @@ pub mod cache {
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
         header.extend_from_slice(&crate::ipam::fnv1a64(&[payload]).to_le_bytes());
-        let written = f.write_all(&header).and_then(|_| f.write_all(payload)).and_then(|_| f.sync_all());
+        let written = f
+            .write_all(&header)
+            .and_then(|_| f.write_all(payload))
+            .and_then(|_| f.sync_all());
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -423,9 +448,14 @@ fn fault(policy: &str, reason: impl Into<String>) -> Error {
 
 /// Load `path` as a component: from the cache when possible, else compile (and
 /// cache). Checks the contract (version, imports) either way.
-pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<(Component, CacheOutcome)> {
+pub fn load_component(
+    engine: &Engine,
+    path: &Path,
+    cache_dir: &Path,
+) -> Result<(Component, CacheOutcome)> {
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| fault(&name, format!("read the component: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| fault(&name, format!("read the component: {e}")))?;
     let key = cache::key(engine, &bytes);
     let entry = cache::entry(cache_dir, &key);
     let mut outcome = CacheOutcome::Compiled;
@@ -433,14 +463,21 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<
         // SAFETY: the entry was written by `cache::write` from `Component::serialize`
         // for an engine with the same compatibility hash (it is in the key), and its
         // length and checksum are verified before use; the directory is root's, 0700.
-        match cache::read(&entry).map(|payload| unsafe { Component::deserialize(engine, payload) }) {
+        match cache::read(&entry).map(|payload| unsafe { Component::deserialize(engine, payload) })
+        {
             Some(Ok(c)) => {
                 log::debug!("policy {name}: loaded from cache {}", entry.display());
                 check_contract(engine, &c, &name)?;
                 return Ok((c, CacheOutcome::Hit));
             }
-            Some(Err(e)) => log::warn!("policy {name}: cache entry {} unusable ({e:#}); recompiling", entry.display()),
-            None => log::warn!("policy {name}: cache entry {} is damaged; recompiling", entry.display()),
+            Some(Err(e)) => log::warn!(
+                "policy {name}: cache entry {} unusable ({e:#}); recompiling",
+                entry.display()
+            ),
+            None => log::warn!(
+                "policy {name}: cache entry {} is damaged; recompiling",
+                entry.display()
+            ),
         }
         outcome = CacheOutcome::Replaced;
     }
@@ -458,7 +495,10 @@ pub fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> Result<
         .and_then(|payload| cache::write(cache_dir, &entry, &payload))
     {
         Ok(()) => log::debug!("policy {name}: cached at {}", entry.display()),
-        Err(e) => log::warn!("policy {name}: cannot write cache entry {}: {e}", entry.display()),
+        Err(e) => log::warn!(
+            "policy {name}: cannot write cache entry {}: {e}",
+            entry.display()
+        ),
     }
     Ok((component, outcome))
 }
@@ -515,7 +555,7 @@ pub struct WasmPolicy {
     name: String,
     engine: Engine,
     store: Store<HostState>,
-    instance: Policy,
+    instance: PolicyWorld,
     conf: PolicyConf,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
@@ -533,8 +573,9 @@ impl WasmPolicy {
         let engine = engine()?;
         let (component, cache) = load_component(&engine, &conf.path, &conf.cache_dir)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| fault(&name, format!("link WASI: {e:#}")))?;
-        Policy::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| fault(&name, format!("link WASI: {e:#}")))?;
+        PolicyWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| fault(&name, format!("link host imports: {e:#}")))?;
         let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
@@ -569,10 +610,12 @@ impl WasmPolicy {
             },
         );
         store.limiter(|s| &mut s.limits);
-        store.set_fuel(conf.fuel).map_err(|e| fault(&name, format!("set fuel: {e:#}")))?;
+        store
+            .set_fuel(conf.fuel)
+            .map_err(|e| fault(&name, format!("set fuel: {e:#}")))?;
         store.epoch_deadline_trap();
         store.set_epoch_deadline(1);
-        let instance = Policy::instantiate(&mut store, &component, &linker)
+        let instance = PolicyWorld::instantiate(&mut store, &component, &linker)
             .map_err(|e| fault(&name, format!("instantiate: {}", describe_trap(&e, conf))))?;
         let mut p = WasmPolicy {
             name,
@@ -587,7 +630,9 @@ impl WasmPolicy {
             cache,
         };
         let config = p.conf.config.to_string();
-        let configured = p.guarded("configure", |inst, store| inst.ohno_policy_decisions().call_configure(store, &config))?;
+        let configured = p.guarded("configure", |inst, store| {
+            inst.ohno_policy_decisions().call_configure(store, &config)
+        })?;
         configured.map_err(|e| Error::PolicyFault {
             policy: p.name.clone(),
             reason: format!("configure: {}", wit_error(&e)),
@@ -599,7 +644,7 @@ impl WasmPolicy {
     fn guarded<R>(
         &mut self,
         what: &str,
-        call: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+        call: impl FnOnce(&PolicyWorld, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R> {
         // The wall-clock backstop: bump the epoch when the call overruns.
         let (done, wait) = mpsc::channel::<()>();
@@ -621,7 +666,12 @@ impl WasmPolicy {
             self.name,
             started.elapsed().as_secs_f64() * 1e3
         );
-        outcome.map_err(|e| fault(&self.name, format!("{what}: {}", describe_trap(&e, &self.conf))))
+        outcome.map_err(|e| {
+            fault(
+                &self.name,
+                format!("{what}: {}", describe_trap(&e, &self.conf)),
+            )
+        })
     }
 
     fn flush_output(&mut self) {
@@ -669,16 +719,31 @@ fn wit_error(e: &t::Error) -> String {
 fn describe_trap(e: &wasmtime::Error, conf: &PolicyConf) -> String {
     if let Some(trap) = e.downcast_ref::<Trap>() {
         return match trap {
-            Trap::OutOfFuel => format!("ran out of fuel (budget {} units): an endless loop?", conf.fuel),
-            Trap::Interrupt => format!("exceeded its time limit of {} ms (timeoutMs)", conf.timeout_ms),
+            Trap::OutOfFuel => format!(
+                "ran out of fuel (budget {} units): an endless loop?",
+                conf.fuel
+            ),
+            Trap::Interrupt => format!(
+                "exceeded its time limit of {} ms (timeoutMs)",
+                conf.timeout_ms
+            ),
             Trap::StackOverflow => "overflowed its stack (unbounded recursion?)".into(),
-            Trap::UnreachableCodeReached => "trapped: unreachable code reached (the policy panicked)".into(),
+            Trap::UnreachableCodeReached => {
+                "trapped: unreachable code reached (the policy panicked)".into()
+            }
             other => format!("trapped: {other}"),
         };
     }
-    let text = format!("{e:#}");
-    if text.contains("growing memory") || text.contains("memory minimum size") || text.contains("resource limit") {
-        return format!("exceeded its memory limit of {} MB (memoryMB): {text}", conf.memory_mb);
+    // The root cause, without the wasm backtrace wasmtime attaches as context.
+    let text = e.root_cause().to_string();
+    if text.contains("growing memory")
+        || text.contains("memory minimum size")
+        || text.contains("resource limit")
+    {
+        return format!(
+            "exceeded its memory limit of {} MB (memoryMB): {text}",
+            conf.memory_mb
+        );
     }
     text
 }
@@ -693,7 +758,11 @@ fn to_wit_pod(pod: &Pod) -> t::Pod {
         namespace: pod.namespace.clone(),
         name: pod.name.clone(),
         uid: pod.uid.clone(),
-        annotations: pod.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        annotations: pod
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         args: pod.args.clone(),
     }
 }
@@ -701,7 +770,11 @@ fn to_wit_pod(pod: &Pod) -> t::Pod {
 fn to_wit_pool(p: &PoolConf) -> t::Pool {
     t::Pool {
         name: p.name.clone(),
-        family: if p.subnet.is_ipv4() { t::Family::Ipv4 } else { t::Family::Ipv6 },
+        family: if p.subnet.is_ipv4() {
+            t::Family::Ipv4
+        } else {
+            t::Family::Ipv6
+        },
         subnet: to_wit_ip(p.subnet.network()),
         prefix_len: p.subnet.prefix(),
         block_size: p.block_size,
@@ -722,7 +795,10 @@ impl Policy for WasmPolicy {
         };
         let name = self.name.clone();
         let answer = self
-            .guarded("allocate", |inst, store| inst.ohno_policy_decisions().call_allocate(store, &wpod, fam, &wpools))
+            .guarded("allocate", |inst, store| {
+                inst.ohno_policy_decisions()
+                    .call_allocate(store, &wpod, fam, &wpools)
+            })
             .and_then(|r| r.map_err(|e| fault(&name, format!("allocate: {}", wit_error(&e)))))
             .map(|a| match a {
                 t::Allocation::Default => Allocation::Default,
@@ -740,7 +816,10 @@ impl Policy for WasmPolicy {
         let wpod = to_wit_pod(pod);
         let name = self.name.clone();
         let answer = self
-            .guarded("name-interface", |inst, store| inst.ohno_policy_decisions().call_name_interface(store, &wpod))
+            .guarded("name-interface", |inst, store| {
+                inst.ohno_policy_decisions()
+                    .call_name_interface(store, &wpod)
+            })
             .and_then(|r| r.map_err(|e| fault(&name, format!("name-interface: {}", wit_error(&e)))))
             .map(|n| match n {
                 t::Naming::Default => Naming::Default,
@@ -769,9 +848,18 @@ mod tests {
         assert_eq!(c.config, serde_json::Value::Null);
         for (bad, field) in [
             (serde_json::json!({}), "policy.path"),
-            (serde_json::json!({"path": "/p", "timeoutMs": 0}), "policy.timeoutMs"),
-            (serde_json::json!({"path": "/p", "memoryMB": "x"}), "policy.memoryMB"),
-            (serde_json::json!({"path": "/p", "failurePolicy": "maybe"}), "policy.failurePolicy"),
+            (
+                serde_json::json!({"path": "/p", "timeoutMs": 0}),
+                "policy.timeoutMs",
+            ),
+            (
+                serde_json::json!({"path": "/p", "memoryMB": "x"}),
+                "policy.memoryMB",
+            ),
+            (
+                serde_json::json!({"path": "/p", "failurePolicy": "maybe"}),
+                "policy.failurePolicy",
+            ),
         ] {
             let e = PolicyConf::parse(&bad).unwrap_err();
             assert_eq!(e.code(), 7);
@@ -786,15 +874,24 @@ mod tests {
         cache::write(&dir, &path, b"payload bytes").unwrap();
         assert_eq!(cache::read(&path).unwrap(), b"payload bytes");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let raw = std::fs::read(&path).unwrap();
         std::fs::write(&path, &raw[..raw.len() - 3]).unwrap();
-        assert!(cache::read(&path).is_none(), "truncated entry must not load");
+        assert!(
+            cache::read(&path).is_none(),
+            "truncated entry must not load"
+        );
         let mut flipped = raw.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
         std::fs::write(&path, &flipped).unwrap();
-        assert!(cache::read(&path).is_none(), "corrupted entry must not load");
+        assert!(
+            cache::read(&path).is_none(),
+            "corrupted entry must not load"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 
