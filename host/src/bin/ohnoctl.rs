@@ -35,6 +35,46 @@ enum Top {
         #[command(subcommand)]
         command: Ipam,
     },
+    /// WebAssembly policies: check, test offline, precompile.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Load a component, check it against the ohno:policy WIT (version, exports,
+    /// allowed imports) and run `configure` with CONFIG.
+    Check {
+        file: PathBuf,
+        /// JSON handed to `configure` (the `policy.config` of the CNI config).
+        #[arg(long, default_value = "null")]
+        config: String,
+    },
+    /// Run the decisions offline for a described pod and node state; prints JSON.
+    Test {
+        file: PathBuf,
+        /// The pod: {"namespace", "name", "uid", "containerId", "ifname",
+        /// "annotations": {..}, "args": [[k, v]]}; every field optional.
+        #[arg(long)]
+        pod: PathBuf,
+        /// The pools as in `ipam.pools`, each optionally with "used": [addresses]
+        /// (held on this node) to describe the node's state.
+        #[arg(long)]
+        pools: PathBuf,
+        #[arg(long, default_value = "null")]
+        config: String,
+        /// The node the decisions are made on.
+        #[arg(long, default_value = "node-a")]
+        node: String,
+    },
+    /// Precompile a component into the cache the plugin loads from.
+    Compile {
+        file: PathBuf,
+        #[arg(long, default_value = ohno::policy::wasm::DEFAULT_CACHE_DIR)]
+        cache_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,7 +131,10 @@ enum Ipam {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Top::Ipam { command } = cli.command;
+    let command = match cli.command {
+        Top::Ipam { command } => command,
+        Top::Policy { command } => return exit(policy_cmd(command)),
+    };
     let outcome = match command {
         Ipam::Ls { config, json } => ls(&config, json),
         Ipam::Blocks { config } => blocks(&config),
@@ -109,6 +152,10 @@ fn main() -> ExitCode {
         } => gc(&config, &node, &valid),
         Ipam::Check { config } => check(&config),
     };
+    exit(outcome)
+}
+
+fn exit(outcome: Result<bool>) -> ExitCode {
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -116,6 +163,266 @@ fn main() -> ExitCode {
             eprintln!("ohnoctl: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
+    use ohno::policy::wasm;
+    let parse_config = |c: &str| -> Result<Value> {
+        serde_json::from_str(c).map_err(|e| Error::Decode {
+            what: "--config".into(),
+            msg: e.to_string(),
+        })
+    };
+    match cmd {
+        PolicyCmd::Compile { file, cache_dir } => {
+            let engine = wasm::engine()?;
+            let started = std::time::Instant::now();
+            let (_, outcome) = wasm::load_component(&engine, &file, &cache_dir)?;
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Error::io(format!("read {}", file.display()), e))?;
+            let entry = wasm::cache::entry(&cache_dir, &wasm::cache::key(&engine, &bytes));
+            println!(
+                "{}: {} in {:.1} ms; cache entry {}",
+                file.display(),
+                match outcome {
+                    wasm::CacheOutcome::Hit => "already cached",
+                    wasm::CacheOutcome::Compiled => "compiled",
+                    wasm::CacheOutcome::Replaced => "recompiled (the old entry was unusable)",
+                },
+                started.elapsed().as_secs_f64() * 1e3,
+                entry.display()
+            );
+            Ok(true)
+        }
+        PolicyCmd::Check { file, config } => {
+            let config = parse_config(&config)?;
+            let engine = wasm::engine()?;
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Error::io(format!("read {}", file.display()), e))?;
+            let component = wasmtime::component::Component::new(&engine, &bytes).map_err(|e| {
+                Error::PolicyFault {
+                    policy: file.display().to_string(),
+                    reason: format!("not a valid WebAssembly component: {e:#}"),
+                }
+            })?;
+            let (exports, imports) = wasm::describe(&engine, &component);
+            println!("component: {} ({} bytes)", file.display(), bytes.len());
+            println!("exports:   {}", exports.join(", "));
+            println!("imports:   {}", imports.join(", "));
+            wasm::check_contract(&engine, &component, &file.display().to_string())?;
+            println!(
+                "contract:  ok ({}@{} compatible)",
+                wasm::WIT_PACKAGE,
+                wasm::WIT_VERSION
+            );
+            let conf = offline_conf(&file, config);
+            let view = offline_view(&[], "node-a")?;
+            wasm::WasmPolicy::load(&conf, view.1)?;
+            println!("configure: ok");
+            Ok(true)
+        }
+        PolicyCmd::Test {
+            file,
+            pod,
+            pools,
+            config,
+            node,
+        } => {
+            let config = parse_config(&config)?;
+            let read_json = |p: &PathBuf| -> Result<Value> {
+                let raw =
+                    std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
+                serde_json::from_slice(&raw).map_err(|e| Error::Decode {
+                    what: p.display().to_string(),
+                    msg: e.to_string(),
+                })
+            };
+            let pod_v = read_json(&pod)?;
+            let pools_v = read_json(&pools)?;
+            let pools_list = pools_v
+                .as_array()
+                .ok_or_else(|| Error::config("--pools", "must be a JSON list of pools"))?
+                .clone();
+            let (pool_confs, view) = offline_view(&pools_list, &node)?;
+            let pod = offline_pod(&pod_v, &node);
+            let conf = offline_conf(&file, config);
+            let mut policy = wasm::WasmPolicy::load(&conf, view)?;
+            let naming = match ohno::policy::Policy::name_interface(&mut policy, &pod)? {
+                ohno::policy::Naming::Default => serde_json::json!("default"),
+                ohno::policy::Naming::Name(n) => {
+                    let valid = ohno::cni::env::validate_ifname(&n).err();
+                    serde_json::json!({"name": n, "hostWouldReject": valid})
+                }
+                ohno::policy::Naming::Deny(r) => serde_json::json!({"deny": r}),
+            };
+            let mut allocation = serde_json::Map::new();
+            for (fam, label) in [
+                (ohno::policy::Family::V4, "ipv4"),
+                (ohno::policy::Family::V6, "ipv6"),
+            ] {
+                let of_family: Vec<&ohno::cni::config::PoolConf> = pool_confs
+                    .iter()
+                    .filter(|p| ohno::policy::Family::of_pool(p) == fam)
+                    .collect();
+                if of_family.is_empty() {
+                    continue;
+                }
+                let answer = match ohno::policy::Policy::allocate(
+                    &mut policy,
+                    &pod,
+                    fam,
+                    &of_family,
+                )? {
+                    ohno::policy::Allocation::Default => serde_json::json!("default"),
+                    ohno::policy::Allocation::Pool(p) => serde_json::json!({"pool": p}),
+                    ohno::policy::Allocation::Address { pool, address } => {
+                        let verdict = of_family
+                            .iter()
+                            .find(|p| p.name == pool)
+                            .map(|p| Layout::new(p).check_usable(address).err())
+                            .unwrap_or_else(|| {
+                                Some(format!("{pool:?} is not a pool of this family"))
+                            });
+                        serde_json::json!({"address": address.to_string(), "pool": pool, "hostWouldReject": verdict})
+                    }
+                    ohno::policy::Allocation::Deny(r) => serde_json::json!({"deny": r}),
+                };
+                allocation.insert(label.into(), answer);
+            }
+            let out = serde_json::json!({
+                "policy": file.display().to_string(),
+                "naming": naming,
+                "allocation": allocation,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            Ok(true)
+        }
+    }
+}
+
+/// A policy config for offline runs: cache in a per-user temp directory.
+fn offline_conf(file: &std::path::Path, config: Value) -> ohno::policy::wasm::PolicyConf {
+    use ohno::policy::wasm;
+    wasm::PolicyConf {
+        path: file.to_path_buf(),
+        config,
+        timeout_ms: wasm::DEFAULT_TIMEOUT_MS,
+        memory_mb: wasm::DEFAULT_MEMORY_MB,
+        fuel: wasm::DEFAULT_FUEL,
+        failure_policy: wasm::FailurePolicy::Fail,
+        cache_dir: std::env::temp_dir().join("ohno-policy-cache"),
+    }
+}
+
+/// The pools of `pools` (as in `ipam.pools`, plus "used") and a memory store in
+/// which this node holds the used addresses.
+fn offline_view(
+    pools: &[Value],
+    node: &str,
+) -> Result<(
+    Vec<ohno::cni::config::PoolConf>,
+    ohno::policy::wasm::HostView,
+)> {
+    use ohno::ipam::{Owner, Want};
+    let clean: Vec<Value> = pools
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            if let Some(o) = p.as_object_mut() {
+                o.remove("used");
+            }
+            p
+        })
+        .collect();
+    let confs = if clean.is_empty() {
+        Vec::new()
+    } else {
+        let conf = serde_json::json!({
+            "cniVersion": "1.1.0", "name": "offline", "type": "ohno", "node": node, "logLevel": "off",
+            "ipam": {"type": "ohno", "pools": clean}
+        });
+        NetConf::parse(conf.to_string().as_bytes(), &[])?.ipam.pools
+    };
+    let kv: std::sync::Arc<dyn ohno::store::Kv> =
+        std::sync::Arc::new(ohno::store::memory::MemoryStore::new());
+    let alloc = Allocator::new(&*kv, "/ohno", node);
+    for (p, conf) in pools.iter().zip(&confs) {
+        for (i, ip) in p
+            .get("used")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let addr: IpAddr = ip.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                Error::config(
+                    format!("--pools {}.used", conf.name),
+                    format!("{ip} is not an address"),
+                )
+            })?;
+            let owner = Owner {
+                network: "offline".into(),
+                container_id: format!("used-{}-{i}", conf.name),
+                ifname: "eth0".into(),
+                node: node.into(),
+                pod_namespace: None,
+                pod_name: None,
+                pod_uid: None,
+                created: 0,
+            };
+            alloc.allocate(
+                &owner,
+                &[Want {
+                    pool: conf,
+                    address: Some(addr),
+                }],
+            )?;
+        }
+    }
+    let view = ohno::policy::wasm::HostView {
+        kv,
+        prefix: "/ohno".into(),
+        node: node.into(),
+        pools: confs.clone(),
+    };
+    Ok((confs, view))
+}
+
+fn offline_pod(v: &Value, node: &str) -> ohno::policy::Pod {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    ohno::policy::Pod {
+        container_id: s("containerId").unwrap_or_else(|| "offline-container".into()),
+        ifname: s("ifname").unwrap_or_else(|| "eth0".into()),
+        netns: s("netns").unwrap_or_else(|| "/var/run/netns/offline".into()),
+        network: s("network").unwrap_or_else(|| "offline".into()),
+        node: node.into(),
+        namespace: s("namespace"),
+        name: s("name"),
+        uid: s("uid"),
+        annotations: v
+            .get("annotations")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        args: v
+            .get("args")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|kv| {
+                        Some((
+                            kv.get(0)?.as_str()?.to_owned(),
+                            kv.get(1)?.as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -148,7 +455,7 @@ fn load_conf(path: &PathBuf) -> Result<NetConf> {
 }
 
 /// The config and its store, opened.
-fn open(config: &PathBuf) -> Result<(NetConf, Box<dyn ohno::store::Kv>)> {
+fn open(config: &PathBuf) -> Result<(NetConf, std::sync::Arc<dyn ohno::store::Kv>)> {
     let conf = load_conf(config)?;
     let kv = ohno::store::open(&conf.ipam.store)?;
     Ok((conf, kv))

@@ -224,8 +224,8 @@ pub struct NetConf {
     pub dns: Option<Value>,
     pub requests: Requests,
     pub prev_result: Option<Value>,
-    /// The `policy` section, kept for the policy host (issue 4); unused by the default policy.
-    pub policy: Option<Value>,
+    /// The `policy` section: a WebAssembly policy component and its limits.
+    pub policy: Option<crate::policy::wasm::PolicyConf>,
     /// GC: the attachments the runtime still uses (`cni.dev/valid-attachments`, or
     /// the older `cni.dev/attachments`).
     pub valid_attachments: Option<Vec<GcAttachment>>,
@@ -322,7 +322,11 @@ impl NetConf {
             dns: raw.dns,
             requests,
             prev_result: raw.prev_result,
-            policy: raw.policy,
+            policy: raw
+                .policy
+                .as_ref()
+                .map(crate::policy::wasm::PolicyConf::parse)
+                .transpose()?,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
         })
     }

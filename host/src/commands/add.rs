@@ -12,6 +12,7 @@ use crate::cni::config::{format_mac, NetConf, PoolConf};
 use crate::cni::env::validate_ifname;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route as ResultRoute};
 use crate::error::{Error, Result};
+use crate::ipam::block::Layout;
 use crate::ipam::cidr::Cidr;
 use crate::ipam::{Allocator, AttachmentRecord, Owner, Want};
 use crate::net::link::{Link, Netlink, Route};
@@ -42,32 +43,16 @@ pub fn run(inv: &Invocation) -> Result<Value> {
         .map(CniResult::parse)
         .transpose()?;
     let pod = Pod::new(env, conf);
-    let mut policy = policy::load(conf)?;
-
-    // Decide the host-side name before anything changes.
-    let host_name = match policy.name_interface(&pod)? {
-        Naming::Default => None,
-        Naming::Name(n) => {
-            validate_ifname(&n).map_err(|m| Error::PolicyFault {
-                policy: policy.name().into(),
-                reason: format!("invalid host interface name: {m}"),
-            })?;
-            Some(n)
-        }
-        Naming::Deny(reason) => {
-            return Err(Error::PolicyDenied {
-                policy: policy.name().into(),
-                reason,
-            })
-        }
-    };
-
     let kv = store::open(&conf.ipam.store)?;
     let alloc = Allocator::from_conf(&*kv, conf);
     let id = inv.attachment_id();
     let repeat = alloc.find(&id)?.is_some();
-    let wants = plan(conf, &pod, &mut *policy)?;
-    let record = alloc.allocate(&owner(inv), &wants)?;
+
+    // Decide (policy), validate the answers, then allocate.
+    let mut policy = policy::load(conf, kv.clone())?;
+    let alias = format!("{}/{}", env.container_id, env.ifname);
+    let host_name = decide_host_name(&mut *policy, &pod, &alias)?;
+    let record = allocate(&alloc, inv, &pod, &mut *policy)?;
     log::info!(
         "{} {}: {}",
         if repeat { "found" } else { "allocated" },
@@ -116,11 +101,10 @@ pub fn run(inv: &Invocation) -> Result<Value> {
 fn run_ipam(inv: &Invocation) -> Result<Value> {
     let conf = &inv.conf;
     let pod = Pod::new(&inv.env, conf);
-    let mut policy = policy::load(conf)?;
     let kv = store::open(&conf.ipam.store)?;
     let alloc = Allocator::from_conf(&*kv, conf);
-    let wants = plan(conf, &pod, &mut *policy)?;
-    let record = alloc.allocate(&owner(inv), &wants)?;
+    let mut policy = policy::load(conf, kv.clone())?;
+    let record = allocate(&alloc, inv, &pod, &mut *policy)?;
     let addrs = addresses(&record)?;
     let routes: Vec<(Cidr, IpAddr)> = addrs
         .iter()
@@ -190,9 +174,79 @@ fn owner(inv: &Invocation) -> Owner {
     }
 }
 
+/// How many times the policy is asked again when the address it chose was taken
+/// by the time the transaction ran.
+const POLICY_ATTEMPTS: usize = 3;
+
+/// The host-side name: the policy's (validated: a legal name, not used by another
+/// interface on the node) or the built-in rule's (`None`).
+fn decide_host_name(policy: &mut dyn Policy, pod: &Pod, alias: &str) -> Result<Option<String>> {
+    let name = match policy.name_interface(pod)? {
+        Naming::Default => return Ok(None),
+        Naming::Deny(reason) => {
+            return Err(Error::PolicyDenied {
+                policy: policy.name().into(),
+                reason,
+            })
+        }
+        Naming::Name(n) => n,
+    };
+    let problem = match validate_ifname(&name) {
+        Err(m) => Some(format!("answered an invalid host interface name: {m}")),
+        Ok(()) => match Netlink::open()?.link_by_name(&name)? {
+            Some(l) if l.alias.as_deref() != Some(alias) => {
+                Some(format!("answered host interface name {name:?}, which another interface on this node already uses"))
+            }
+            _ => None,
+        },
+    };
+    match problem {
+        None => Ok(Some(name)),
+        Some(reason) => {
+            policy.reject(Error::PolicyFault {
+                policy: policy.name().into(),
+                reason,
+            })?;
+            Ok(None)
+        }
+    }
+}
+
+/// Allocate as the policy decides; if an address it chose was taken meanwhile
+/// (the transaction is the final word), ask it again, a bounded number of times.
+fn allocate(
+    alloc: &Allocator<'_>,
+    inv: &Invocation,
+    pod: &Pod,
+    policy: &mut dyn Policy,
+) -> Result<AttachmentRecord> {
+    let owner = owner(inv);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (wants, chosen) = plan(&inv.conf, pod, policy)?;
+        match alloc.allocate(&owner, &wants) {
+            Err(Error::AddressUnavailable { address, msg })
+                if chosen && attempt < POLICY_ATTEMPTS =>
+            {
+                log::info!(
+                    "address {address} chosen by policy {} is unavailable ({msg}); asking again",
+                    policy.name()
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One address per family that has pools: a requested address wins, else the
-/// policy decides, else the family's first pool.
-fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<Vec<Want<'c>>> {
+/// policy decides (its answer checked here; the transaction checks freedom),
+/// else the family's first pool. The flag says whether the policy chose an address.
+fn plan<'c>(
+    conf: &'c NetConf,
+    pod: &Pod,
+    policy: &mut dyn Policy,
+) -> Result<(Vec<Want<'c>>, bool)> {
     let pools = &conf.ipam.pools;
     let mut families: Vec<Family> = Vec::new();
     for p in pools {
@@ -224,40 +278,34 @@ fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<Vec
             address: Some(*ip),
         });
     }
+    let mut chosen = false;
     for fam in families {
         if wants.iter().any(|w| Family::of_pool(w.pool) == fam) {
             continue;
         }
         let of_family: Vec<&PoolConf> =
             pools.iter().filter(|p| Family::of_pool(p) == fam).collect();
-        let decision = policy.allocate(pod, fam, &of_family)?;
-        let fault = |reason: String| Error::PolicyFault {
-            policy: policy.name().to_string(),
-            reason,
+        let first = Want {
+            pool: of_family[0],
+            address: None,
         };
-        let want = match decision {
-            Allocation::Default => Want {
-                pool: of_family[0],
-                address: None,
-            },
-            Allocation::Pool(name) => Want {
-                pool: of_family.iter().find(|p| p.name == name).ok_or_else(|| {
-                    fault(format!(
-                        "chose pool {name:?}, which is not a pool of this family"
-                    ))
-                })?,
-                address: None,
-            },
-            Allocation::Address { pool, address } => Want {
-                pool: of_family
-                    .iter()
-                    .find(|p| p.name == pool && p.subnet.contains(address))
-                    .ok_or_else(|| {
-                        fault(format!(
-                            "chose {address} in pool {pool:?}, which does not hold it"
-                        ))
-                    })?,
-                address: Some(address),
+        let decision = policy.allocate(pod, fam, &of_family)?;
+        let checked: std::result::Result<Want<'c>, String> = match decision {
+            Allocation::Default => Ok(first),
+            Allocation::Pool(name) => of_family
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| Want { pool: p, address: None })
+                .ok_or_else(|| format!("chose pool {name:?}, which is not a configured pool of this family")),
+            Allocation::Address { pool, address } => match of_family.iter().find(|p| p.name == pool) {
+                None => Err(format!("chose {address} in pool {pool:?}, which is not a configured pool of this family")),
+                Some(p) => match Layout::new(p).check_usable(address) {
+                    Ok(_) => {
+                        chosen = true;
+                        Ok(Want { pool: p, address: Some(address) })
+                    }
+                    Err(why) => Err(format!("answered an address the host will not hand out: {why}")),
+                },
             },
             Allocation::Deny(reason) => {
                 return Err(Error::PolicyDenied {
@@ -266,9 +314,19 @@ fn plan<'c>(conf: &'c NetConf, pod: &Pod, policy: &mut dyn Policy) -> Result<Vec
                 })
             }
         };
+        let want = match checked {
+            Ok(w) => w,
+            Err(reason) => {
+                policy.reject(Error::PolicyFault {
+                    policy: policy.name().to_string(),
+                    reason,
+                })?;
+                first
+            }
+        };
         wants.push(want);
     }
-    Ok(wants)
+    Ok((wants, chosen))
 }
 
 /// A parsed address of the record: (address, block).

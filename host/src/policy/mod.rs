@@ -1,14 +1,18 @@
 //! The policy seam: the two decisions Ohno hands to a policy — which address (or
 //! pool) a pod gets, and what its host-side interface is called — and the built-in
-//! default policy. WebAssembly components plug in behind the same trait; every
-//! answer is validated by the host, never trusted.
+//! default policy. WebAssembly components (`wasm`) plug in behind the same trait;
+//! every answer is validated by the host, never trusted.
+
+pub mod wasm;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::cni::config::{NetConf, PoolConf};
 use crate::cni::env::Env;
 use crate::error::{Error, Result};
+use crate::store::Kv;
 
 /// The pod as a policy sees it.
 #[derive(Debug, Clone)]
@@ -96,6 +100,12 @@ pub trait Policy {
     fn name(&self) -> &str;
     fn allocate(&mut self, pod: &Pod, family: Family, pools: &[&PoolConf]) -> Result<Allocation>;
     fn name_interface(&mut self, pod: &Pod) -> Result<Naming>;
+    /// The host found one of this policy's answers invalid (`err` says why).
+    /// `Err` fails the ADD; `Ok` means "use the built-in decision instead"
+    /// (failurePolicy "default").
+    fn reject(&mut self, err: Error) -> Result<()> {
+        Err(err)
+    }
 }
 
 /// The built-in policy: first pool of each family, host name from [`default_host_ifname`].
@@ -113,15 +123,26 @@ impl Policy for DefaultPolicy {
     }
 }
 
-/// The policy a config names.
-pub fn load(conf: &NetConf) -> Result<Box<dyn Policy>> {
-    match &conf.policy {
-        None => Ok(Box::new(DefaultPolicy)),
-        Some(_) => Err(Error::UnsupportedField {
-            field: "policy".into(),
-            msg: "WebAssembly policies are not available in this build; remove \"policy\" to use the built-in default"
-                .into(),
-        }),
+/// The policy a config names: its WebAssembly component, loaded and configured,
+/// or the built-in default. With failurePolicy "default", a component that cannot
+/// be loaded is logged and the built-in policy is used.
+pub fn load(conf: &NetConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
+    let Some(pc) = &conf.policy else {
+        return Ok(Box::new(DefaultPolicy));
+    };
+    let view = wasm::HostView {
+        kv,
+        prefix: conf.ipam.store.prefix().to_string(),
+        node: conf.node.clone(),
+        pools: conf.ipam.pools.clone(),
+    };
+    match wasm::WasmPolicy::load(pc, view) {
+        Ok(p) => Ok(Box::new(p)),
+        Err(e) if pc.failure_policy == wasm::FailurePolicy::Default => {
+            log::warn!("{e}; failurePolicy is \"default\": using the built-in policy");
+            Ok(Box::new(DefaultPolicy))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -86,10 +86,12 @@ pub trait Kv: Send + Sync {
 }
 
 /// Open the backend a config names.
-pub fn open(conf: &StoreConf) -> Result<Box<dyn Kv>> {
+pub fn open(conf: &StoreConf) -> Result<std::sync::Arc<dyn Kv>> {
     match conf {
-        StoreConf::Local { data_dir, .. } => Ok(Box::new(local::LocalStore::open(data_dir)?)),
-        StoreConf::Etcd(e) => Ok(Box::new(etcd::EtcdStore::open(e)?)),
+        StoreConf::Local { data_dir, .. } => {
+            Ok(std::sync::Arc::new(local::LocalStore::open(data_dir)?))
+        }
+        StoreConf::Etcd(e) => Ok(std::sync::Arc::new(etcd::EtcdStore::open(e)?)),
     }
 }
 

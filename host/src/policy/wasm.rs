@@ -1,0 +1,917 @@
+//! The WebAssembly policy host: loads an admin's component (by path from the CNI
+//! config), checks it against the `ohno:policy` contract, and runs it sandboxed.
+//!
+//! - One `bindgen!` (below), over `wit/policy.wit`.
+//! - One engine configuration ([`engine`]): Cranelift, fuel (the deterministic
+//!   budget), epoch interruption (the wall-clock backstop for `timeoutMs`), a
+//!   bounded wasm stack, GC and exceptions off. `ohnoctl policy compile` uses the
+//!   same function, so its cache entries are the plugin's.
+//! - A fresh `Store` per ADD with `StoreLimits` (`memoryMB`, trap on grow failure,
+//!   few instances, tables and memories).
+//! - WASI with a deny-everything context: no preopened directories, no
+//!   environment or arguments, no network, stdin empty; the guest's stdout and
+//!   stderr go to a capped buffer that is copied into the log, never to the
+//!   plugin's stdout (which carries the CNI result).
+//! - Imports are checked against an allow-list at load, by name.
+//! - Precompiled components are cached by sha256 of the component and the
+//!   engine's compatibility hash ([`cache`]).
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::{Allocation, Family, Naming, Pod, Policy};
+use crate::cni::config::PoolConf;
+use crate::error::{Error, Result};
+use crate::ipam::block::Layout;
+use crate::ipam::cidr::{from_u128, to_u128};
+use crate::ipam::Allocator;
+use crate::store::Kv;
+
+/// The one `bindgen!`: Rust types and traits for the `policy` world.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+    });
+}
+
+use bindings::ohno::policy::types as t;
+use bindings::Policy as PolicyWorld;
+
+/// The package version this host implements; components built against any
+/// 0.1.x are accepted.
+pub const WIT_PACKAGE: &str = "ohno:policy";
+pub const WIT_VERSION: &str = "0.1.0";
+const WIT_COMPATIBLE: &str = "0.1.";
+
+/// Bytes of guest stdout/stderr kept per stream per ADD (copied to the log).
+const OUTPUT_CAP: usize = 64 * 1024;
+/// The bound on the wasm stack.
+const MAX_WASM_STACK: usize = 512 * 1024;
+
+/// WASI interfaces a Rust `std` component imports, which the host may link
+/// because the deny-everything context makes them harmless (no preopens, no
+/// network, no environment). Anything else is refused at load.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "ohno:policy/host@0.1.",
+    "ohno:policy/types@0.1.",
+    "wasi:cli/environment@0.2.",
+    "wasi:cli/exit@0.2.",
+    "wasi:cli/stdin@0.2.",
+    "wasi:cli/stdout@0.2.",
+    "wasi:cli/stderr@0.2.",
+    "wasi:cli/terminal-input@0.2.",
+    "wasi:cli/terminal-output@0.2.",
+    "wasi:cli/terminal-stdin@0.2.",
+    "wasi:cli/terminal-stdout@0.2.",
+    "wasi:cli/terminal-stderr@0.2.",
+    "wasi:io/error@0.2.",
+    "wasi:io/poll@0.2.",
+    "wasi:io/streams@0.2.",
+    "wasi:clocks/wall-clock@0.2.",
+    "wasi:clocks/monotonic-clock@0.2.",
+    "wasi:random/random@0.2.",
+    "wasi:random/insecure@0.2.",
+    "wasi:random/insecure-seed@0.2.",
+    "wasi:filesystem/types@0.2.",
+    "wasi:filesystem/preopens@0.2.",
+];
+
+/// What to do when the policy faults (trap, timeout, memory, invalid answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// The ADD fails closed (default).
+    Fail,
+    /// Log the fault and use the built-in decision.
+    Default,
+}
+
+/// The `policy` section of the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConf {
+    pub path: PathBuf,
+    /// JSON handed to `configure` (`null` when absent).
+    pub config: serde_json::Value,
+    pub timeout_ms: u64,
+    pub memory_mb: u64,
+    pub fuel: u64,
+    pub failure_policy: FailurePolicy,
+    pub cache_dir: PathBuf,
+}
+
+pub const DEFAULT_TIMEOUT_MS: u64 = 100;
+pub const DEFAULT_MEMORY_MB: u64 = 32;
+pub const DEFAULT_FUEL: u64 = 500_000_000;
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/ohno/policy-cache";
+
+impl PolicyConf {
+    /// Parse and validate the `policy` section (code 7 naming the field).
+    pub fn parse(v: &serde_json::Value) -> Result<PolicyConf> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::config("policy", "must be an object"))?;
+        let path = obj
+            .get("path")
+            .and_then(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| Error::config("policy.path", "missing"))?;
+        let num =
+            |field: &str, default: u64, range: std::ops::RangeInclusive<u64>| -> Result<u64> {
+                match obj.get(field) {
+                    None => Ok(default),
+                    Some(n) => {
+                        let n = n.as_u64().ok_or_else(|| {
+                            Error::config(format!("policy.{field}"), "must be a positive integer")
+                        })?;
+                        if !range.contains(&n) {
+                            return Err(Error::config(
+                                format!("policy.{field}"),
+                                format!("{n} is outside {}..={}", range.start(), range.end()),
+                            ));
+                        }
+                        Ok(n)
+                    }
+                }
+            };
+        let failure_policy = match obj.get("failurePolicy").and_then(|f| f.as_str()) {
+            None | Some("fail") => FailurePolicy::Fail,
+            Some("default") => FailurePolicy::Default,
+            Some(other) => {
+                return Err(Error::config(
+                    "policy.failurePolicy",
+                    format!("{other:?} is not \"fail\" or \"default\""),
+                ))
+            }
+        };
+        Ok(PolicyConf {
+            path: PathBuf::from(path),
+            config: obj
+                .get("config")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+            timeout_ms: num("timeoutMs", DEFAULT_TIMEOUT_MS, 1..=60_000)?,
+            memory_mb: num("memoryMB", DEFAULT_MEMORY_MB, 1..=4096)?,
+            fuel: num("fuel", DEFAULT_FUEL, 1_000..=u64::MAX / 2)?,
+            failure_policy,
+            cache_dir: PathBuf::from(
+                obj.get("cacheDir")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or(DEFAULT_CACHE_DIR),
+            ),
+        })
+    }
+}
+
+/// The engine every policy runs on (and `ohnoctl policy compile` compiles for).
+pub fn engine() -> Result<Engine> {
+    let mut c = Config::new();
+    c.strategy(Strategy::Cranelift)
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        // GC off; threads and exceptions are not compiled into this wasmtime.
+        .wasm_gc(false);
+    Engine::new(&c).map_err(|e| Error::PolicyFault {
+        policy: "(engine)".into(),
+        reason: format!("configure wasmtime: {e:#}"),
+    })
+}
+
+/// The read-only view of the store a policy's `host` imports answer from.
+#[derive(Clone)]
+pub struct HostView {
+    pub kv: Arc<dyn Kv>,
+    pub prefix: String,
+    pub node: String,
+    pub pools: Vec<PoolConf>,
+}
+
+impl HostView {
+    fn pool(&self, name: &str) -> Option<&PoolConf> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    fn allocator(&self) -> Allocator<'_> {
+        Allocator::new(&*self.kv, &self.prefix, &self.node)
+    }
+
+    /// This node's blocks of `pool` with their used sets.
+    fn own(&self, pool: &PoolConf) -> Vec<(crate::ipam::cidr::Cidr, BTreeSet<u128>)> {
+        let alloc = self.allocator();
+        let mut blocks: Vec<_> = match alloc.own_blocks(pool) {
+            Ok(b) => b.into_iter().map(|(b, _)| b).collect(),
+            Err(e) => {
+                log::warn!("policy view: read blocks of {}: {e}", pool.name);
+                return Vec::new();
+            }
+        };
+        blocks.sort();
+        blocks
+            .into_iter()
+            .filter_map(|b| alloc.used(pool, &b).ok().map(|u| (b, u)))
+            .collect()
+    }
+
+    pub fn next_free(&self, pool: &str, after: Option<IpAddr>) -> Option<IpAddr> {
+        let pool = self.pool(pool)?;
+        let layout = Layout::new(pool);
+        let after = after
+            .filter(|a| a.is_ipv4() == pool.subnet.is_ipv4())
+            .map(to_u128);
+        self.own(pool)
+            .iter()
+            .filter_map(|(b, used)| {
+                // Blocks wholly below `after` have nothing for us.
+                if after.is_some_and(|a| b.last() <= a) {
+                    return None;
+                }
+                layout.first_free(b, used, after)
+            })
+            .min()
+            .map(|n| from_u128(n, pool.subnet.is_ipv4()))
+    }
+
+    pub fn is_free(&self, pool: &str, addr: IpAddr) -> bool {
+        let Some(pool) = self.pool(pool) else {
+            return false;
+        };
+        let Ok(block) = Layout::new(pool).check_usable(addr) else {
+            return false;
+        };
+        let key = self.allocator().keys().ip(&pool.name, &block, addr);
+        matches!(self.kv.get(&key), Ok(None))
+    }
+
+    pub fn free_count(&self, pool: &str) -> u64 {
+        let Some(pool) = self.pool(pool) else {
+            return 0;
+        };
+        let layout = Layout::new(pool);
+        self.own(pool)
+            .iter()
+            .map(|(b, used)| {
+                let usable = layout.usable_count(b);
+                let taken = used
+                    .iter()
+                    .filter(|n| layout.check_usable(from_u128(**n, b.is_ipv4())).is_ok())
+                    .count();
+                usable.saturating_sub(taken as u128) as u64
+            })
+            .sum()
+    }
+}
+
+/// Per-ADD store data.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    view: HostView,
+    /// The policy's file name, for log lines.
+    name: String,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn to_wit_ip(ip: IpAddr) -> t::IpAddress {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            t::IpAddress::V4((o[0], o[1], o[2], o[3]))
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            t::IpAddress::V6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
+        }
+    }
+}
+
+fn from_wit_ip(ip: &t::IpAddress) -> IpAddr {
+    match *ip {
+        t::IpAddress::V4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
+        t::IpAddress::V6((a, b, c, d, e, f, g, h)) => IpAddr::from([a, b, c, d, e, f, g, h]),
+    }
+}
+
+impl bindings::ohno::policy::types::Host for HostState {}
+
+impl bindings::ohno::policy::host::Host for HostState {
+    fn log(&mut self, level: t::Level, message: String) {
+        let level = match level {
+            t::Level::Trace => log::Level::Trace,
+            t::Level::Debug => log::Level::Debug,
+            t::Level::Info => log::Level::Info,
+            t::Level::Warn => log::Level::Warn,
+            t::Level::Error => log::Level::Error,
+        };
+        // Bound what one line can put in the log.
+        let msg: String = message.chars().take(2048).collect();
+        log::log!(level, "policy {}: {msg}", self.name);
+    }
+
+    fn next_free(&mut self, pool: String, after: Option<t::IpAddress>) -> Option<t::IpAddress> {
+        self.view
+            .next_free(&pool, after.as_ref().map(from_wit_ip))
+            .map(to_wit_ip)
+    }
+
+    fn is_free(&mut self, pool: String, address: t::IpAddress) -> bool {
+        self.view.is_free(&pool, from_wit_ip(&address))
+    }
+
+    fn free_count(&mut self, pool: String) -> u64 {
+        self.view.free_count(&pool)
+    }
+}
+
+/// How a component was obtained, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Loaded the precompiled entry.
+    Hit,
+    /// Compiled and stored.
+    Compiled,
+    /// The entry was unusable (truncated, corrupt, another engine's); recompiled.
+    Replaced,
+}
+
+/// The precompile cache: `<cacheDir>/<sha256(component ‖ engine hash)>.cwasm`,
+/// written atomically (temp file + rename), mode 0600, with a header carrying the
+/// payload's length and hash so a truncated or corrupted entry is recompiled
+/// instead of loaded.
+pub mod cache {
+    use super::*;
+
+    const MAGIC: &[u8; 8] = b"OHNOCW01";
+
+    /// Feeds `Hash` output into SHA-256 (the engine's compatibility hash is only
+    /// available as `impl Hash`).
+    struct ShaHasher(Sha256);
+    impl Hasher for ShaHasher {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+
+    /// The cache key of `component` for `engine`.
+    pub fn key(engine: &Engine, component: &[u8]) -> String {
+        let mut h = ShaHasher(Sha256::new());
+        h.0.update(component);
+        engine.precompile_compatibility_hash().hash(&mut h);
+        h.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn entry(dir: &Path, key: &str) -> PathBuf {
+        dir.join(format!("{key}.cwasm"))
+    }
+
+    /// Read an entry; None if missing or damaged.
+    pub fn read(path: &Path) -> Option<Vec<u8>> {
+        let raw = std::fs::read(path).ok()?;
+        if raw.len() < 24 || &raw[..8] != MAGIC {
+            return None;
+        }
+        let len = u64::from_le_bytes(raw[8..16].try_into().ok()?) as usize;
+        let sum = u64::from_le_bytes(raw[16..24].try_into().ok()?);
+        let payload = &raw[24..];
+        if payload.len() != len || crate::ipam::fnv1a64(&[payload]) != sum {
+            return None;
+        }
+        Some(payload.to_vec())
+    }
+
+    /// Write an entry atomically, mode 0600, directory 0700.
+    pub fn write(dir: &Path, path: &Path, payload: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            std::process::id(),
+            crate::ipam::model::now()
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut header = Vec::with_capacity(24);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        header.extend_from_slice(&crate::ipam::fnv1a64(&[payload]).to_le_bytes());
+        let written = f
+            .write_all(&header)
+            .and_then(|_| f.write_all(payload))
+            .and_then(|_| f.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+}
+
+/// A fault of the policy named `policy`.
+fn fault(policy: &str, reason: impl Into<String>) -> Error {
+    Error::PolicyFault {
+        policy: policy.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Load `path` as a component: from the cache when possible, else compile (and
+/// cache). Checks the contract (version, imports) either way.
+pub fn load_component(
+    engine: &Engine,
+    path: &Path,
+    cache_dir: &Path,
+) -> Result<(Component, CacheOutcome)> {
+    let name = path.display().to_string();
+    let bytes =
+        std::fs::read(path).map_err(|e| fault(&name, format!("read the component: {e}")))?;
+    let key = cache::key(engine, &bytes);
+    let entry = cache::entry(cache_dir, &key);
+    let mut outcome = CacheOutcome::Compiled;
+    if entry.exists() {
+        // SAFETY: the entry was written by `cache::write` from `Component::serialize`
+        // for an engine with the same compatibility hash (it is in the key), and its
+        // length and checksum are verified before use; the directory is root's, 0700.
+        match cache::read(&entry).map(|payload| unsafe { Component::deserialize(engine, payload) })
+        {
+            Some(Ok(c)) => {
+                log::debug!("policy {name}: loaded from cache {}", entry.display());
+                check_contract(engine, &c, &name)?;
+                return Ok((c, CacheOutcome::Hit));
+            }
+            Some(Err(e)) => log::warn!(
+                "policy {name}: cache entry {} unusable ({e:#}); recompiling",
+                entry.display()
+            ),
+            None => log::warn!(
+                "policy {name}: cache entry {} is damaged; recompiling",
+                entry.display()
+            ),
+        }
+        outcome = CacheOutcome::Replaced;
+    }
+    let started = Instant::now();
+    let component = Component::new(engine, &bytes)
+        .map_err(|e| fault(&name, format!("not a valid WebAssembly component: {e:#}")))?;
+    check_contract(engine, &component, &name)?;
+    log::info!(
+        "policy {name}: compiled in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    match component
+        .serialize()
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|payload| cache::write(cache_dir, &entry, &payload))
+    {
+        Ok(()) => log::debug!("policy {name}: cached at {}", entry.display()),
+        Err(e) => log::warn!(
+            "policy {name}: cannot write cache entry {}: {e}",
+            entry.display()
+        ),
+    }
+    Ok((component, outcome))
+}
+
+/// The component implements `ohno:policy/decisions@0.1.x` and imports nothing
+/// outside the allow-list.
+pub fn check_contract(engine: &Engine, component: &Component, name: &str) -> Result<()> {
+    let ty = component.component_type();
+    let export = ty
+        .exports(engine)
+        .map(|(n, _)| n.to_string())
+        .find(|n| n.starts_with(&format!("{WIT_PACKAGE}/decisions@")));
+    let Some(export) = export else {
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+        return Err(fault(
+            name,
+            format!(
+                "does not export {WIT_PACKAGE}/decisions (it exports: {}); build it against the {WIT_PACKAGE}@{WIT_VERSION} WIT",
+                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+            ),
+        ));
+    };
+    let version = export.rsplit('@').next().unwrap_or_default();
+    if !version.starts_with(WIT_COMPATIBLE) {
+        return Err(fault(
+            name,
+            format!(
+                "is built against {WIT_PACKAGE}@{version}; this ohno supports {WIT_PACKAGE}@{WIT_COMPATIBLE}x (rebuild it against the {WIT_VERSION} WIT)"
+            ),
+        ));
+    }
+    for (import, _) in ty.imports(engine) {
+        if !ALLOWED_IMPORTS.iter().any(|a| import.starts_with(a)) {
+            return Err(fault(
+                name,
+                format!("imports {import}, which the policy sandbox does not provide (no files, network or other host access)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Versions and exports, for `ohnoctl policy check`.
+pub fn describe(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>) {
+    let ty = component.component_type();
+    (
+        ty.exports(engine).map(|(n, _)| n.to_string()).collect(),
+        ty.imports(engine).map(|(n, _)| n.to_string()).collect(),
+    )
+}
+
+/// A loaded, configured policy component for one ADD.
+pub struct WasmPolicy {
+    name: String,
+    engine: Engine,
+    store: Store<HostState>,
+    instance: PolicyWorld,
+    conf: PolicyConf,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    /// Guest output already copied to the log.
+    logged: (usize, usize),
+    /// Set once a fault was tolerated under failurePolicy "default".
+    degraded: bool,
+    pub cache: CacheOutcome,
+}
+
+impl WasmPolicy {
+    /// Load (cache or compile), instantiate in a fresh store and `configure`.
+    pub fn load(conf: &PolicyConf, view: HostView) -> Result<WasmPolicy> {
+        let name = conf.path.display().to_string();
+        let engine = engine()?;
+        let (component, cache) = load_component(&engine, &conf.path, &conf.cache_dir)?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| fault(&name, format!("link WASI: {e:#}")))?;
+        PolicyWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| fault(&name, format!("link host imports: {e:#}")))?;
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
+        // Deny everything: no preopens, no env, no args, no sockets, empty stdin.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((conf.memory_mb as usize).saturating_mul(1 << 20))
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let file = conf
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name.clone());
+        let mut store = Store::new(
+            &engine,
+            HostState {
+                wasi,
+                table: ResourceTable::new(),
+                limits,
+                view,
+                name: file,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store
+            .set_fuel(conf.fuel)
+            .map_err(|e| fault(&name, format!("set fuel: {e:#}")))?;
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(1);
+        let instance = PolicyWorld::instantiate(&mut store, &component, &linker)
+            .map_err(|e| fault(&name, format!("instantiate: {}", describe_trap(&e, conf))))?;
+        let mut p = WasmPolicy {
+            name,
+            engine,
+            store,
+            instance,
+            conf: conf.clone(),
+            stdout,
+            stderr,
+            logged: (0, 0),
+            degraded: false,
+            cache,
+        };
+        let config = p.conf.config.to_string();
+        let configured = p.guarded("configure", |inst, store| {
+            inst.ohno_policy_decisions().call_configure(store, &config)
+        })?;
+        configured.map_err(|e| Error::PolicyFault {
+            policy: p.name.clone(),
+            reason: format!("configure: {}", wit_error(&e)),
+        })?;
+        Ok(p)
+    }
+
+    /// Run one export under the timeout, then copy the guest's output to the log.
+    fn guarded<R>(
+        &mut self,
+        what: &str,
+        call: impl FnOnce(&PolicyWorld, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R> {
+        // The wall-clock backstop: bump the epoch when the call overruns.
+        let (done, wait) = mpsc::channel::<()>();
+        let engine = self.engine.clone();
+        let timeout = Duration::from_millis(self.conf.timeout_ms);
+        let watchdog = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
+                engine.increment_epoch();
+            }
+        });
+        self.store.set_epoch_deadline(1);
+        let started = Instant::now();
+        let outcome = call(&self.instance, &mut self.store);
+        drop(done);
+        let _ = watchdog.join();
+        self.flush_output();
+        log::debug!(
+            "policy {}: {what} took {:.3} ms",
+            self.name,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        outcome.map_err(|e| {
+            fault(
+                &self.name,
+                format!("{what}: {}", describe_trap(&e, &self.conf)),
+            )
+        })
+    }
+
+    fn flush_output(&mut self) {
+        for (pipe, seen, stream) in [
+            (&self.stdout, &mut self.logged.0, "stdout"),
+            (&self.stderr, &mut self.logged.1, "stderr"),
+        ] {
+            let all = pipe.contents();
+            if all.len() > *seen {
+                for line in String::from_utf8_lossy(&all[*seen..]).lines() {
+                    log::info!("policy {} {stream}: {line}", self.name);
+                }
+                *seen = all.len();
+            }
+        }
+    }
+
+    /// Under failurePolicy "default", a fault is logged and the built-in
+    /// decision is used; otherwise the fault fails the ADD.
+    fn tolerate<T>(&mut self, r: Result<T>, fallback: T) -> Result<T> {
+        match r {
+            Err(e) if self.conf.failure_policy == FailurePolicy::Default => {
+                log::warn!("{e}; failurePolicy is \"default\": using the built-in decision");
+                self.degraded = true;
+                Ok(fallback)
+            }
+            other => other,
+        }
+    }
+
+    /// True once a fault was tolerated (failurePolicy "default").
+    pub fn degraded(&self) -> bool {
+        self.degraded
+    }
+}
+
+fn wit_error(e: &t::Error) -> String {
+    match e {
+        t::Error::InvalidConfig(m) => format!("invalid config: {m}"),
+        t::Error::Internal(m) => format!("internal error: {m}"),
+    }
+}
+
+/// A trap in words an admin can act on.
+fn describe_trap(e: &wasmtime::Error, conf: &PolicyConf) -> String {
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::OutOfFuel => format!(
+                "ran out of fuel (budget {} units): an endless loop?",
+                conf.fuel
+            ),
+            Trap::Interrupt => format!(
+                "exceeded its time limit of {} ms (timeoutMs)",
+                conf.timeout_ms
+            ),
+            Trap::StackOverflow => "overflowed its stack (unbounded recursion?)".into(),
+            Trap::UnreachableCodeReached => {
+                "trapped: unreachable code reached (the policy panicked)".into()
+            }
+            other => format!("trapped: {other}"),
+        };
+    }
+    // The root cause, without the wasm backtrace wasmtime attaches as context.
+    let text = e.root_cause().to_string();
+    if text.contains("growing memory")
+        || text.contains("memory minimum size")
+        || text.contains("resource limit")
+    {
+        return format!(
+            "exceeded its memory limit of {} MB (memoryMB): {text}",
+            conf.memory_mb
+        );
+    }
+    text
+}
+
+fn to_wit_pod(pod: &Pod) -> t::Pod {
+    t::Pod {
+        container_id: pod.container_id.clone(),
+        ifname: pod.ifname.clone(),
+        netns: pod.netns.clone(),
+        network: pod.network.clone(),
+        node: pod.node.clone(),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        annotations: pod
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        args: pod.args.clone(),
+    }
+}
+
+fn to_wit_pool(p: &PoolConf) -> t::Pool {
+    t::Pool {
+        name: p.name.clone(),
+        family: if p.subnet.is_ipv4() {
+            t::Family::Ipv4
+        } else {
+            t::Family::Ipv6
+        },
+        subnet: to_wit_ip(p.subnet.network()),
+        prefix_len: p.subnet.prefix(),
+        block_size: p.block_size,
+    }
+}
+
+impl Policy for WasmPolicy {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn allocate(&mut self, pod: &Pod, family: Family, pools: &[&PoolConf]) -> Result<Allocation> {
+        let wpod = to_wit_pod(pod);
+        let wpools: Vec<t::Pool> = pools.iter().map(|p| to_wit_pool(p)).collect();
+        let fam = match family {
+            Family::V4 => t::Family::Ipv4,
+            Family::V6 => t::Family::Ipv6,
+        };
+        let name = self.name.clone();
+        let answer = self
+            .guarded("allocate", |inst, store| {
+                inst.ohno_policy_decisions()
+                    .call_allocate(store, &wpod, fam, &wpools)
+            })
+            .and_then(|r| r.map_err(|e| fault(&name, format!("allocate: {}", wit_error(&e)))))
+            .map(|a| match a {
+                t::Allocation::Default => Allocation::Default,
+                t::Allocation::Pool(p) => Allocation::Pool(p),
+                t::Allocation::Address((pool, ip)) => Allocation::Address {
+                    pool,
+                    address: from_wit_ip(&ip),
+                },
+                t::Allocation::Deny(reason) => Allocation::Deny(reason),
+            });
+        self.tolerate(answer, Allocation::Default)
+    }
+
+    fn name_interface(&mut self, pod: &Pod) -> Result<Naming> {
+        let wpod = to_wit_pod(pod);
+        let name = self.name.clone();
+        let answer = self
+            .guarded("name-interface", |inst, store| {
+                inst.ohno_policy_decisions()
+                    .call_name_interface(store, &wpod)
+            })
+            .and_then(|r| r.map_err(|e| fault(&name, format!("name-interface: {}", wit_error(&e)))))
+            .map(|n| match n {
+                t::Naming::Default => Naming::Default,
+                t::Naming::Name(s) => Naming::Name(s),
+                t::Naming::Deny(reason) => Naming::Deny(reason),
+            });
+        self.tolerate(answer, Naming::Default)
+    }
+
+    fn reject(&mut self, err: Error) -> Result<()> {
+        self.tolerate(Err(err), ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_conf_defaults_and_errors() {
+        let c = PolicyConf::parse(&serde_json::json!({"path": "/p.wasm"})).unwrap();
+        assert_eq!(c.timeout_ms, 100);
+        assert_eq!(c.memory_mb, 32);
+        assert_eq!(c.failure_policy, FailurePolicy::Fail);
+        assert_eq!(c.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
+        assert_eq!(c.config, serde_json::Value::Null);
+        for (bad, field) in [
+            (serde_json::json!({}), "policy.path"),
+            (
+                serde_json::json!({"path": "/p", "timeoutMs": 0}),
+                "policy.timeoutMs",
+            ),
+            (
+                serde_json::json!({"path": "/p", "memoryMB": "x"}),
+                "policy.memoryMB",
+            ),
+            (
+                serde_json::json!({"path": "/p", "failurePolicy": "maybe"}),
+                "policy.failurePolicy",
+            ),
+        ] {
+            let e = PolicyConf::parse(&bad).unwrap_err();
+            assert_eq!(e.code(), 7);
+            assert!(e.to_string().contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn cache_entries_round_trip_and_damage_is_detected() {
+        let dir = std::env::temp_dir().join(format!("ohno-cache-test-{}", std::process::id()));
+        let path = cache::entry(&dir, "k");
+        cache::write(&dir, &path, b"payload bytes").unwrap();
+        assert_eq!(cache::read(&path).unwrap(), b"payload bytes");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let raw = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &raw[..raw.len() - 3]).unwrap();
+        assert!(
+            cache::read(&path).is_none(),
+            "truncated entry must not load"
+        );
+        let mut flipped = raw.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(
+            cache::read(&path).is_none(),
+            "corrupted entry must not load"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn cache_key_depends_on_component_and_engine_config() {
+        let e1 = engine().unwrap();
+        let k1 = cache::key(&e1, b"component a");
+        assert_eq!(k1, cache::key(&e1, b"component a"));
+        assert_ne!(k1, cache::key(&e1, b"component b"));
+        let mut other = Config::new();
+        other.consume_fuel(false).epoch_interruption(false);
+        let e2 = Engine::new(&other).unwrap();
+        assert_ne!(k1, cache::key(&e2, b"component a"));
+    }
+
+    #[test]
+    fn wit_addresses_round_trip() {
+        for s in ["10.85.0.1", "fd00:85::1", "255.255.255.255", "::"] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert_eq!(from_wit_ip(&to_wit_ip(ip)), ip);
+        }
+    }
+}
