@@ -225,7 +225,7 @@ pub struct NetConf {
     pub requests: Requests,
     pub prev_result: Option<Value>,
     /// The `policy` section: a WebAssembly policy component and its limits.
-    pub policy: Option<crate::policy::wasm::PolicyConf>,
+    pub policy: Option<crate::policy::conf::PolicyConf>,
     /// GC: the attachments the runtime still uses (`cni.dev/valid-attachments`, or
     /// the older `cni.dev/attachments`).
     pub valid_attachments: Option<Vec<GcAttachment>>,
@@ -325,7 +325,7 @@ impl NetConf {
             policy: raw
                 .policy
                 .as_ref()
-                .map(crate::policy::wasm::PolicyConf::parse)
+                .map(crate::policy::conf::PolicyConf::parse)
                 .transpose()?,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
         })

@@ -3,6 +3,8 @@
 //! default policy. WebAssembly components (`wasm`) plug in behind the same trait;
 //! every answer is validated by the host, never trusted.
 
+pub mod conf;
+#[cfg(feature = "wasm")]
 pub mod wasm;
 
 use std::collections::BTreeMap;
@@ -130,6 +132,20 @@ pub fn load(conf: &NetConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
     let Some(pc) = &conf.policy else {
         return Ok(Box::new(DefaultPolicy));
     };
+    #[cfg(not(feature = "wasm"))]
+    {
+        let _ = (pc, kv);
+        Err(Error::UnsupportedField {
+            field: "policy".into(),
+            msg: "this build of ohno has no WebAssembly support (feature \"wasm\")".into(),
+        })
+    }
+    #[cfg(feature = "wasm")]
+    load_wasm(conf, pc, kv)
+}
+
+#[cfg(feature = "wasm")]
+fn load_wasm(conf: &NetConf, pc: &conf::PolicyConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
     let view = wasm::HostView {
         kv,
         prefix: conf.ipam.store.prefix().to_string(),
@@ -138,7 +154,7 @@ pub fn load(conf: &NetConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
     };
     match wasm::WasmPolicy::load(pc, view) {
         Ok(p) => Ok(Box::new(p)),
-        Err(e) if pc.failure_policy == wasm::FailurePolicy::Default => {
+        Err(e) if pc.failure_policy == conf::FailurePolicy::Default => {
             log::warn!("{e}; failurePolicy is \"default\": using the built-in policy");
             Ok(Box::new(DefaultPolicy))
         }

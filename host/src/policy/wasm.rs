@@ -88,90 +88,10 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:filesystem/preopens@0.2.",
 ];
 
-/// What to do when the policy faults (trap, timeout, memory, invalid answer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailurePolicy {
-    /// The ADD fails closed (default).
-    Fail,
-    /// Log the fault and use the built-in decision.
-    Default,
-}
-
-/// The `policy` section of the config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PolicyConf {
-    pub path: PathBuf,
-    /// JSON handed to `configure` (`null` when absent).
-    pub config: serde_json::Value,
-    pub timeout_ms: u64,
-    pub memory_mb: u64,
-    pub fuel: u64,
-    pub failure_policy: FailurePolicy,
-    pub cache_dir: PathBuf,
-}
-
-pub const DEFAULT_TIMEOUT_MS: u64 = 100;
-pub const DEFAULT_MEMORY_MB: u64 = 32;
-pub const DEFAULT_FUEL: u64 = 500_000_000;
-pub const DEFAULT_CACHE_DIR: &str = "/var/lib/ohno/policy-cache";
-
-impl PolicyConf {
-    /// Parse and validate the `policy` section (code 7 naming the field).
-    pub fn parse(v: &serde_json::Value) -> Result<PolicyConf> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| Error::config("policy", "must be an object"))?;
-        let path = obj
-            .get("path")
-            .and_then(|p| p.as_str())
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| Error::config("policy.path", "missing"))?;
-        let num =
-            |field: &str, default: u64, range: std::ops::RangeInclusive<u64>| -> Result<u64> {
-                match obj.get(field) {
-                    None => Ok(default),
-                    Some(n) => {
-                        let n = n.as_u64().ok_or_else(|| {
-                            Error::config(format!("policy.{field}"), "must be a positive integer")
-                        })?;
-                        if !range.contains(&n) {
-                            return Err(Error::config(
-                                format!("policy.{field}"),
-                                format!("{n} is outside {}..={}", range.start(), range.end()),
-                            ));
-                        }
-                        Ok(n)
-                    }
-                }
-            };
-        let failure_policy = match obj.get("failurePolicy").and_then(|f| f.as_str()) {
-            None | Some("fail") => FailurePolicy::Fail,
-            Some("default") => FailurePolicy::Default,
-            Some(other) => {
-                return Err(Error::config(
-                    "policy.failurePolicy",
-                    format!("{other:?} is not \"fail\" or \"default\""),
-                ))
-            }
-        };
-        Ok(PolicyConf {
-            path: PathBuf::from(path),
-            config: obj
-                .get("config")
-                .cloned()
-                .unwrap_or(serde_json::Value::Null),
-            timeout_ms: num("timeoutMs", DEFAULT_TIMEOUT_MS, 1..=60_000)?,
-            memory_mb: num("memoryMB", DEFAULT_MEMORY_MB, 1..=4096)?,
-            fuel: num("fuel", DEFAULT_FUEL, 1_000..=u64::MAX / 2)?,
-            failure_policy,
-            cache_dir: PathBuf::from(
-                obj.get("cacheDir")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or(DEFAULT_CACHE_DIR),
-            ),
-        })
-    }
-}
+pub use super::conf::{
+    FailurePolicy, PolicyConf, DEFAULT_CACHE_DIR, DEFAULT_FUEL, DEFAULT_MEMORY_MB,
+    DEFAULT_TIMEOUT_MS,
+};
 
 /// The engine every policy runs on (and `ohnoctl policy compile` compiles for).
 pub fn engine() -> Result<Engine> {
@@ -837,35 +757,6 @@ impl Policy for WasmPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn policy_conf_defaults_and_errors() {
-        let c = PolicyConf::parse(&serde_json::json!({"path": "/p.wasm"})).unwrap();
-        assert_eq!(c.timeout_ms, 100);
-        assert_eq!(c.memory_mb, 32);
-        assert_eq!(c.failure_policy, FailurePolicy::Fail);
-        assert_eq!(c.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
-        assert_eq!(c.config, serde_json::Value::Null);
-        for (bad, field) in [
-            (serde_json::json!({}), "policy.path"),
-            (
-                serde_json::json!({"path": "/p", "timeoutMs": 0}),
-                "policy.timeoutMs",
-            ),
-            (
-                serde_json::json!({"path": "/p", "memoryMB": "x"}),
-                "policy.memoryMB",
-            ),
-            (
-                serde_json::json!({"path": "/p", "failurePolicy": "maybe"}),
-                "policy.failurePolicy",
-            ),
-        ] {
-            let e = PolicyConf::parse(&bad).unwrap_err();
-            assert_eq!(e.code(), 7);
-            assert!(e.to_string().contains(field), "{e}");
-        }
-    }
 
     #[test]
     fn cache_entries_round_trip_and_damage_is_detected() {

@@ -4,6 +4,7 @@
 //! allocator never reads-then-writes. Backends: `local` (embedded SQLite, safe across
 //! concurrent plugin processes on one node) and `memory` (tests, fault injection).
 
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod local;
 pub mod memory;
@@ -91,7 +92,13 @@ pub fn open(conf: &StoreConf) -> Result<std::sync::Arc<dyn Kv>> {
         StoreConf::Local { data_dir, .. } => {
             Ok(std::sync::Arc::new(local::LocalStore::open(data_dir)?))
         }
+        #[cfg(feature = "etcd")]
         StoreConf::Etcd(e) => Ok(std::sync::Arc::new(etcd::EtcdStore::open(e)?)),
+        #[cfg(not(feature = "etcd"))]
+        StoreConf::Etcd(_) => Err(crate::error::Error::UnsupportedField {
+            field: "ipam.store.type".into(),
+            msg: "this build of ohno has no etcd support (feature \"etcd\")".into(),
+        }),
     }
 }
 
