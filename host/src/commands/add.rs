@@ -29,14 +29,7 @@ pub fn run(inv: &Invocation) -> Result<Value> {
         return run_ipam(inv);
     }
     let (env, conf) = (&inv.env, &inv.conf);
-    let netns_path = env.netns.as_deref().ok_or(Error::InvalidEnv {
-        var: "CNI_NETNS",
-        msg: "missing".into(),
-    })?;
-    let netns = NetNs::open(netns_path).map_err(|e| Error::InvalidEnv {
-        var: "CNI_NETNS",
-        msg: e.to_string(),
-    })?;
+    let netns = super::pod_netns(env)?;
     let prev = conf
         .prev_result
         .as_ref()
@@ -119,24 +112,33 @@ fn run_ipam(inv: &Invocation) -> Result<Value> {
         .collect();
     let result = CniResult {
         interfaces: Vec::new(),
-        ips: addrs
-            .iter()
-            .map(|(a, b)| IpConfig {
-                address: format!("{a}/{}", b.prefix()),
-                gateway: Some(gateway_of(b).to_string()),
-                interface: None,
-            })
-            .collect(),
-        routes: routes
-            .iter()
-            .map(|(d, g)| ResultRoute {
-                dst: d.to_string(),
-                gw: Some(g.to_string()),
-            })
-            .collect(),
+        ips: ip_configs(&addrs, None),
+        routes: result_routes(&routes),
         dns: dns(conf),
     };
     Ok(result.to_json(&conf.cni_version))
+}
+
+/// The result's `ips`: each address with its block's prefix and gateway.
+fn ip_configs(addrs: &[(IpAddr, Cidr)], interface: Option<usize>) -> Vec<IpConfig> {
+    addrs
+        .iter()
+        .map(|(a, b)| IpConfig {
+            address: format!("{a}/{}", b.prefix()),
+            gateway: Some(gateway_of(b).to_string()),
+            interface,
+        })
+        .collect()
+}
+
+fn result_routes(routes: &[(Cidr, IpAddr)]) -> Vec<ResultRoute> {
+    routes
+        .iter()
+        .map(|(d, g)| ResultRoute {
+            dst: d.to_string(),
+            gw: Some(g.to_string()),
+        })
+        .collect()
 }
 
 fn dns(conf: &NetConf) -> crate::cni::result::Dns {
@@ -548,21 +550,8 @@ fn result(
             iface(host_veth, None),
             iface(pod, Some(netns.path().display().to_string())),
         ],
-        ips: addrs
-            .iter()
-            .map(|(a, b)| IpConfig {
-                address: format!("{a}/{}", b.prefix()),
-                gateway: Some(gateway_of(b).to_string()),
-                interface: Some(2),
-            })
-            .collect(),
-        routes: routes
-            .iter()
-            .map(|(d, g)| ResultRoute {
-                dst: d.to_string(),
-                gw: Some(g.to_string()),
-            })
-            .collect(),
+        ips: ip_configs(addrs, Some(2)),
+        routes: result_routes(routes),
         dns: dns(conf),
     }
 }

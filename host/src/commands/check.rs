@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::ipam::cidr::Cidr;
 use crate::ipam::Allocator;
 use crate::net::link::Netlink;
-use crate::net::netns::NetNs;
 use crate::store;
 
 pub fn run(inv: &Invocation) -> Result<()> {
@@ -43,14 +42,7 @@ pub fn run(inv: &Invocation) -> Result<()> {
         return Ok(());
     }
 
-    let netns_path = env.netns.as_deref().ok_or(Error::InvalidEnv {
-        var: "CNI_NETNS",
-        msg: "missing".into(),
-    })?;
-    let netns = NetNs::open(netns_path).map_err(|e| Error::InvalidEnv {
-        var: "CNI_NETNS",
-        msg: e.to_string(),
-    })?;
+    let netns = super::pod_netns(env)?;
 
     // Which prevResult interface is ours: the one in the sandbox with CNI_IFNAME.
     let ours = prev
@@ -69,7 +61,7 @@ pub fn run(inv: &Invocation) -> Result<()> {
         fail(format!(
             "interface {} is missing in {}",
             env.ifname,
-            netns_path.display()
+            netns.path().display()
         ))
     })?;
     if let Some(mac) = &prev.interfaces[ours].mac {

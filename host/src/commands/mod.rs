@@ -36,6 +36,18 @@ impl Invocation {
     }
 }
 
+/// The pod's network namespace from `CNI_NETNS` (code 4 when missing or not a netns).
+pub(crate) fn pod_netns(env: &Env) -> Result<crate::net::netns::NetNs> {
+    let path = env.netns.as_deref().ok_or(Error::InvalidEnv {
+        var: "CNI_NETNS",
+        msg: "missing".into(),
+    })?;
+    crate::net::netns::NetNs::open(path).map_err(|e| Error::InvalidEnv {
+        var: "CNI_NETNS",
+        msg: e.to_string(),
+    })
+}
+
 /// Run the plugin; returns the process exit code.
 pub fn main() -> i32 {
     let mut stdin = Vec::new();

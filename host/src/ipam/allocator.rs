@@ -26,6 +26,24 @@ pub struct Want<'p> {
     pub address: Option<IpAddr>,
 }
 
+impl<'p> Want<'p> {
+    /// Any free address of `pool`.
+    pub fn any(pool: &'p PoolConf) -> Want<'p> {
+        Want {
+            pool,
+            address: None,
+        }
+    }
+
+    /// Exactly `address` of `pool`.
+    pub fn exact(pool: &'p PoolConf, address: IpAddr) -> Want<'p> {
+        Want {
+            pool,
+            address: Some(address),
+        }
+    }
+}
+
 /// The stored pool definition; a node whose config disagrees gets code 7.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -319,15 +337,7 @@ impl<'a> Allocator<'a> {
         for _ in 0..MAX_ATTEMPTS {
             for (block, guard) in self.own_blocks(pool)? {
                 let used = self.used(pool, &block)?;
-                let mut ip = layout.first_free(&block, &used, None);
-                // On a retry, skip as many free addresses as we have lost races.
-                for _ in 0..attempt {
-                    match ip.and_then(|i| layout.first_free(&block, &used, Some(i))) {
-                        Some(next) => ip = Some(next),
-                        None => break,
-                    }
-                }
-                if let Some(ip) = ip {
+                if let Some(ip) = layout.nth_free(&block, &used, attempt) {
                     return Ok(Pick {
                         pool: pool.name.clone(),
                         block,
@@ -378,14 +388,7 @@ impl<'a> Allocator<'a> {
                 continue;
             };
             let used = self.used(pool, &block)?;
-            let mut ip = layout.first_free(&block, &used, None);
-            for _ in 0..attempt {
-                match ip.and_then(|i| layout.first_free(&block, &used, Some(i))) {
-                    Some(next) => ip = Some(next),
-                    None => break,
-                }
-            }
-            if let Some(ip) = ip {
+            if let Some(ip) = layout.nth_free(&block, &used, attempt) {
                 log::info!(
                     "node {} borrows from block {block} of pool {:?}",
                     self.node,
@@ -623,13 +626,7 @@ pub(crate) mod suite {
         let mut seen = HashSet::new();
         for i in 0..70 {
             let r = a
-                .allocate(
-                    &owner(&format!("c{i}"), "node-a"),
-                    &[Want {
-                        pool: &p,
-                        address: None,
-                    }],
-                )
+                .allocate(&owner(&format!("c{i}"), "node-a"), &[Want::any(&p)])
                 .unwrap();
             assert!(seen.insert(addr(&r)), "duplicate {}", addr(&r));
             assert!(r.ips[0].address.ends_with("/26"));
@@ -657,24 +654,8 @@ pub(crate) mod suite {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(kv, "/ohno", "node-a");
         let o = owner("same", "node-a");
-        let r1 = a
-            .allocate(
-                &o,
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
-            .unwrap();
-        let r2 = a
-            .allocate(
-                &o,
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
-            .unwrap();
+        let r1 = a.allocate(&o, &[Want::any(&p)]).unwrap();
+        let r2 = a.allocate(&o, &[Want::any(&p)]).unwrap();
         assert_eq!(r1.ips, r2.ips);
         assert_eq!(kv.range("/ohno/ips/", true).unwrap().len(), 1);
     }
@@ -683,28 +664,14 @@ pub(crate) mod suite {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(kv, "/ohno", "node-a");
         let o = owner("rel", "node-a");
-        let r = a
-            .allocate(
-                &o,
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
-            .unwrap();
+        let r = a.allocate(&o, &[Want::any(&p)]).unwrap();
         assert_eq!(a.release(&o.id()).unwrap().unwrap().ips, r.ips);
         assert!(a.release(&o.id()).unwrap().is_none());
         assert!(kv.range("/ohno/ips/", true).unwrap().is_empty());
         assert!(kv.range("/ohno/attachments/", true).unwrap().is_empty());
         // The freed address is handed out again (lowest free first).
         let r2 = a
-            .allocate(
-                &owner("next", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("next", "node-a"), &[Want::any(&p)])
             .unwrap();
         assert_eq!(r2.ips[0].address, r.ips[0].address);
     }
@@ -713,30 +680,12 @@ pub(crate) mod suite {
         // A /29 pool with /30 blocks: 2 blocks, 1 usable address each.
         let p = pool("tiny", "192.168.7.0/29", 30);
         let a = Allocator::new(kv, "/ohno", "node-a");
-        a.allocate(
-            &owner("t1", "node-a"),
-            &[Want {
-                pool: &p,
-                address: None,
-            }],
-        )
-        .unwrap();
-        a.allocate(
-            &owner("t2", "node-a"),
-            &[Want {
-                pool: &p,
-                address: None,
-            }],
-        )
-        .unwrap();
+        a.allocate(&owner("t1", "node-a"), &[Want::any(&p)])
+            .unwrap();
+        a.allocate(&owner("t2", "node-a"), &[Want::any(&p)])
+            .unwrap();
         let e = a
-            .allocate(
-                &owner("t3", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("t3", "node-a"), &[Want::any(&p)])
             .unwrap_err();
         assert_eq!(e.code(), 100);
         assert!(e.to_string().contains("tiny"), "{e}");
@@ -749,19 +698,7 @@ pub(crate) mod suite {
         let v6 = pool("v6", "fd00:9::/64", 122);
         let a = Allocator::new(kv, "/ohno", "node-a");
         let r = a
-            .allocate(
-                &owner("ds", "node-a"),
-                &[
-                    Want {
-                        pool: &v4,
-                        address: None,
-                    },
-                    Want {
-                        pool: &v6,
-                        address: None,
-                    },
-                ],
-            )
+            .allocate(&owner("ds", "node-a"), &[Want::any(&v4), Want::any(&v6)])
             .unwrap();
         assert_eq!(r.ips.len(), 2);
         assert!(r.ips[1].address.starts_with("fd00:9:"), "{:?}", r.ips[1]);
@@ -770,28 +707,10 @@ pub(crate) mod suite {
         assert_eq!(kv.range("/ohno/ips/v6/", true).unwrap().len(), 1);
         // If one family cannot be served, neither is written.
         let tiny = pool("tiny6", "192.168.8.0/30", 30);
-        a.allocate(
-            &owner("x", "node-a"),
-            &[Want {
-                pool: &tiny,
-                address: None,
-            }],
-        )
-        .unwrap();
+        a.allocate(&owner("x", "node-a"), &[Want::any(&tiny)])
+            .unwrap();
         let e = a
-            .allocate(
-                &owner("y", "node-a"),
-                &[
-                    Want {
-                        pool: &v6,
-                        address: None,
-                    },
-                    Want {
-                        pool: &tiny,
-                        address: None,
-                    },
-                ],
-            )
+            .allocate(&owner("y", "node-a"), &[Want::any(&v6), Want::any(&tiny)])
             .unwrap_err();
         assert_eq!(e.code(), 100);
         assert_eq!(kv.range("/ohno/ips/v6/", true).unwrap().len(), 1);
@@ -833,23 +752,11 @@ pub(crate) mod suite {
     pub fn pool_mismatch_between_nodes_is_code_7(kv: &dyn Kv) {
         let p = pool("shared", "10.50.0.0/16", 26);
         Allocator::new(kv, "/ohno", "node-a")
-            .allocate(
-                &owner("m1", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("m1", "node-a"), &[Want::any(&p)])
             .unwrap();
         let other = pool("shared", "10.50.0.0/16", 24);
         let e = Allocator::new(kv, "/ohno", "node-b")
-            .allocate(
-                &owner("m2", "node-b"),
-                &[Want {
-                    pool: &other,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("m2", "node-b"), &[Want::any(&other)])
             .unwrap_err();
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("shared"), "{e}");
@@ -860,22 +767,10 @@ pub(crate) mod suite {
         let a = Allocator::new(kv, "/ohno", "node-a");
         let b = Allocator::new(kv, "/ohno", "node-b");
         let ra = a
-            .allocate(
-                &owner("na", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("na", "node-a"), &[Want::any(&p)])
             .unwrap();
         let rb = b
-            .allocate(
-                &owner("nb", "node-b"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("nb", "node-b"), &[Want::any(&p)])
             .unwrap();
         assert_ne!(ra.ips[0].block, rb.ips[0].block);
     }
@@ -883,34 +778,16 @@ pub(crate) mod suite {
     pub fn conflicts_are_retried(kv: &dyn Kv, inject: &dyn Fn(u32)) {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(kv, "/ohno", "node-a");
-        a.allocate(
-            &owner("warm", "node-a"),
-            &[Want {
-                pool: &p,
-                address: None,
-            }],
-        )
-        .unwrap();
+        a.allocate(&owner("warm", "node-a"), &[Want::any(&p)])
+            .unwrap();
         inject(5);
         let r = a
-            .allocate(
-                &owner("retry", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("retry", "node-a"), &[Want::any(&p)])
             .unwrap();
         assert_eq!(r.ips.len(), 1);
         inject(MAX_ATTEMPTS as u32 + 5);
         let e = a
-            .allocate(
-                &owner("gives-up", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("gives-up", "node-a"), &[Want::any(&p)])
             .unwrap_err();
         assert_eq!(e.code(), 11);
         inject(0);
@@ -922,55 +799,25 @@ pub(crate) mod suite {
         let p = pool("small", "192.168.9.0/29", 30);
         let a = Allocator::new(kv, "/ohno", "node-a");
         let b = Allocator::new(kv, "/ohno", "node-b");
-        a.allocate(
-            &owner("a1", "node-a"),
-            &[Want {
-                pool: &p,
-                address: None,
-            }],
-        )
-        .unwrap();
-        let e = a.allocate(
-            &owner("a2", "node-a"),
-            &[Want {
-                pool: &p,
-                address: None,
-            }],
-        );
+        a.allocate(&owner("a1", "node-a"), &[Want::any(&p)])
+            .unwrap();
+        let e = a.allocate(&owner("a2", "node-a"), &[Want::any(&p)]);
         // node-a's second ADD claims the other block (the pool has two).
         assert!(e.is_ok());
         let e = b
-            .allocate(
-                &owner("b1", "node-b"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("b1", "node-b"), &[Want::any(&p)])
             .unwrap_err();
         assert_eq!(e.code(), 100);
         assert!(e.to_string().contains("small"));
         // Free one of node-a's addresses: node-b may borrow it only without strict affinity.
         a.release(&owner("a1", "node-a").id()).unwrap();
         let e = b
-            .allocate(
-                &owner("b1", "node-b"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("b1", "node-b"), &[Want::any(&p)])
             .unwrap_err();
         assert_eq!(e.code(), 100);
         let lax = Allocator::new(kv, "/ohno", "node-b").with_strict_affinity(false);
         let r = lax
-            .allocate(
-                &owner("b1", "node-b"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("b1", "node-b"), &[Want::any(&p)])
             .unwrap();
         assert_eq!(r.owner.node, "node-b");
         // Borrowing never takes the block: it still belongs to node-a.
@@ -1025,13 +872,7 @@ mod tests {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(&m, "/ohno", "node-a");
         let first = a
-            .allocate(
-                &owner("first", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("first", "node-a"), &[Want::any(&p)])
             .unwrap();
         let block = Cidr::parse(&first.ips[0].block).unwrap();
         // Someone takes the next free address between our read and our write.
@@ -1049,13 +890,7 @@ mod tests {
         );
         m.inject_interloper(&a.keys().ip("default", &block, next), b"{}");
         let r = a
-            .allocate(
-                &owner("second", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("second", "node-a"), &[Want::any(&p)])
             .unwrap();
         assert_ne!(
             r.ips[0].address.split('/').next().unwrap(),
@@ -1070,13 +905,7 @@ mod tests {
         m.inject_outage(1);
         let p = pool("default", "10.85.0.0/16", 26);
         let e = Allocator::new(&m, "/ohno", "n")
-            .allocate(
-                &owner("o", "n"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("o", "n"), &[Want::any(&p)])
             .unwrap_err();
         assert_eq!(e.code(), 11);
     }
@@ -1087,13 +916,7 @@ mod tests {
         let p = pool("v6", "2001:db8:1::/64", 122);
         let a = Allocator::new(&m, "/ohno", "node-a");
         let r = a
-            .allocate(
-                &owner("v6", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("v6", "node-a"), &[Want::any(&p)])
             .unwrap();
         let ip: IpAddr = r.ips[0].address.split('/').next().unwrap().parse().unwrap();
         assert!(p.subnet.contains(ip));
@@ -1106,14 +929,8 @@ mod tests {
         let p = pool("tiny", "192.168.7.0/30", 30);
         let a = Allocator::new(&m, "/ohno", "node-a");
         assert!(a.has_capacity(&p).unwrap());
-        a.allocate(
-            &owner("t1", "node-a"),
-            &[Want {
-                pool: &p,
-                address: None,
-            }],
-        )
-        .unwrap();
+        a.allocate(&owner("t1", "node-a"), &[Want::any(&p)])
+            .unwrap();
         assert!(!a.has_capacity(&p).unwrap());
     }
 }

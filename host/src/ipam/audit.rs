@@ -194,23 +194,10 @@ mod tests {
         let a = Allocator::new(&m, "/ohno", "node-a");
         let b = Allocator::new(&m, "/ohno", "node-b");
         for c in ["keep", "stale"] {
-            a.allocate(
-                &owner(c, "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
-            .unwrap();
+            a.allocate(&owner(c, "node-a"), &[Want::any(&p)]).unwrap();
         }
-        b.allocate(
-            &owner("other-node", "node-b"),
-            &[Want {
-                pool: &p,
-                address: None,
-            }],
-        )
-        .unwrap();
+        b.allocate(&owner("other-node", "node-b"), &[Want::any(&p)])
+            .unwrap();
         let valid: HashSet<(String, String)> = [("keep".to_string(), "eth0".to_string())].into();
         let r = a.gc("podnet", "node-a", &valid).unwrap();
         assert_eq!(r.released, vec!["stale/eth0"]);
@@ -229,22 +216,10 @@ mod tests {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(&m, "/ohno", "node-a");
         let r1 = a
-            .allocate(
-                &owner("one", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("one", "node-a"), &[Want::any(&p)])
             .unwrap();
         let r2 = a
-            .allocate(
-                &owner("two", "node-a"),
-                &[Want {
-                    pool: &p,
-                    address: None,
-                }],
-            )
+            .allocate(&owner("two", "node-a"), &[Want::any(&p)])
             .unwrap();
         assert!(a.audit().unwrap().is_empty());
         // Orphan an address: drop one's attachment key. Orphan an attachment: drop two's address key.

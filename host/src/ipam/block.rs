@@ -153,6 +153,20 @@ impl<'a> Layout<'a> {
         }
     }
 
+    /// The first free address of `block`, or — on a retry after lost races — the
+    /// one `skip` free addresses further (the last free one when there are fewer),
+    /// so racing allocators spread over the block instead of colliding again.
+    pub fn nth_free(&self, block: &Cidr, used: &BTreeSet<u128>, skip: usize) -> Option<u128> {
+        let mut ip = self.first_free(block, used, None)?;
+        for _ in 0..skip {
+            match self.first_free(block, used, Some(ip)) {
+                Some(next) => ip = next,
+                None => break,
+            }
+        }
+        Some(ip)
+    }
+
     /// How many addresses of `block` may ever be handed out.
     pub fn usable_count(&self, block: &Cidr) -> u128 {
         let mut reserved = self.reserved(block);
