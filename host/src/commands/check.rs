@@ -109,25 +109,30 @@ pub fn run(inv: &Invocation) -> Result<()> {
     if bridge.kind.as_deref() != Some("bridge") {
         return Err(fail(format!("{} is not a bridge", conf.bridge)));
     }
-    for i in prev
+    // Our host end is the pod interface's veth peer. Other host-side
+    // interfaces in prevResult belong to later plugins of the chain
+    // (bandwidth's ifb, ...) and are not ours to judge.
+    let veth = match link.peer {
+        Some(peer) => host.link_by_index(peer)?,
+        None => None,
+    }
+    .filter(|l| l.kind.as_deref() == Some("veth"))
+    .ok_or_else(|| fail(format!("the host end of {} is missing", env.ifname)))?;
+    if veth.master != Some(bridge.index) {
+        return Err(fail(format!(
+            "host interface {} is not attached to {}",
+            veth.name, conf.bridge
+        )));
+    }
+    if !prev
         .interfaces
         .iter()
-        .filter(|i| i.sandbox.is_none() && i.name != conf.bridge)
+        .any(|i| i.sandbox.is_none() && i.name == veth.name)
     {
-        match host.link_by_name(&i.name)? {
-            Some(l) if l.master == Some(bridge.index) => {}
-            Some(_) => {
-                return Err(fail(format!(
-                    "host interface {} is not attached to {}",
-                    i.name, conf.bridge
-                )))
-            }
-            // Interfaces of other chained plugins may live elsewhere; only ours must be here.
-            None if i.name.starts_with("veth") => {
-                return Err(fail(format!("host interface {} is missing", i.name)))
-            }
-            None => {}
-        }
+        return Err(fail(format!(
+            "prevResult does not list the host interface {}",
+            veth.name
+        )));
     }
     Ok(())
 }
