@@ -22,6 +22,8 @@ pub const DB_FILE: &str = "ohno.db";
 /// How long a process waits for another's write lock before giving up (code 11).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const SCHEMA_VERSION: i64 = 1;
+/// Size of the write-ahead log past which an opening process truncates it.
+const WAL_TRIM_BYTES: u64 = 4 << 20;
 
 pub struct LocalStore {
     conn: Mutex<Connection>,
@@ -74,10 +76,38 @@ impl LocalStore {
             true,
         )
         .map_err(|e| db_err(&path, "configure", e))?;
+        Self::trim_wal(&conn, &path);
         Ok(LocalStore {
             conn: Mutex::new(conn),
             path,
         })
+    }
+
+    /// Keep the write-ahead log short. Plugin processes never checkpoint on close
+    /// (see `open`), and with one write per short-lived process SQLite's automatic
+    /// checkpoints copy pages back but never restart the log, so it grows with
+    /// every write and each new process reads all of it. When it passes
+    /// `WAL_TRIM_BYTES`, the opening process checkpoints and truncates it; if
+    /// another process holds it busy, the next one will.
+    fn trim_wal(conn: &Connection, path: &Path) {
+        let wal = path.with_extension("db-wal");
+        let big = std::fs::metadata(&wal)
+            .map(|m| m.len() > WAL_TRIM_BYTES)
+            .unwrap_or(false);
+        if big {
+            match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+                Ok(0) => log::debug!(
+                    "local store: truncated the write-ahead log {}",
+                    wal.display()
+                ),
+                Ok(_) => {
+                    log::debug!("local store: write-ahead log busy; left for the next process")
+                }
+                Err(e) => log::debug!("local store: checkpoint {}: {e}", wal.display()),
+            }
+        }
     }
 
     fn init_schema(conn: &Connection, path: &Path) -> Result<()> {
@@ -247,6 +277,29 @@ mod tests {
     fn suite_compares_are_all_or_nothing() {
         let d = tmp();
         super::super::suite::compares_are_all_or_nothing(&LocalStore::open(&d).unwrap());
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn a_long_write_ahead_log_is_truncated_by_the_next_process() {
+        let d = tmp();
+        let wal = d.join("ohno.db-wal");
+        // Many short-lived writers, as plugin processes are, with large values.
+        let big = vec![7u8; 64 * 1024];
+        for i in 0..160 {
+            let st = LocalStore::open(&d).unwrap();
+            assert!(st
+                .txn(Txn::new().put(format!("/k/{i}"), big.clone()))
+                .unwrap());
+        }
+        let before = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            before <= WAL_TRIM_BYTES + (2 << 20),
+            "WAL grew to {before} bytes"
+        );
+        // Every value is still there.
+        let st = LocalStore::open(&d).unwrap();
+        assert_eq!(st.range("/k/", true).unwrap().len(), 160);
         std::fs::remove_dir_all(d).ok();
     }
 
