@@ -295,6 +295,26 @@ pub mod cache {
         }
     }
 
+    /// FNV-1a over 8-byte words: catches truncation and corruption of an entry
+    /// (not tampering: the directory is root's) at a fraction of a millisecond for
+    /// the megabytes of a precompiled component, where a byte-wise hash costs
+    /// milliseconds on every ADD.
+    pub fn checksum(payload: &[u8]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut words = payload.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            h ^= u64::from_le_bytes(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        for &b in words.remainder() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^ payload.len() as u64
+    }
+
     /// The cache key of `component` for `engine`.
     pub fn key(engine: &Engine, component: &[u8]) -> String {
         let mut h = ShaHasher(Sha256::new());
@@ -316,7 +336,7 @@ pub mod cache {
         let len = u64::from_le_bytes(raw[8..16].try_into().ok()?) as usize;
         let sum = u64::from_le_bytes(raw[16..24].try_into().ok()?);
         let payload = &raw[24..];
-        if payload.len() != len || crate::ipam::fnv1a64(&[payload]) != sum {
+        if payload.len() != len || checksum(payload) != sum {
             return None;
         }
         Some(payload.to_vec())
@@ -343,7 +363,7 @@ pub mod cache {
         let mut header = Vec::with_capacity(24);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        header.extend_from_slice(&crate::ipam::fnv1a64(&[payload]).to_le_bytes());
+        header.extend_from_slice(&checksum(payload).to_le_bytes());
         let written = f
             .write_all(&header)
             .and_then(|_| f.write_all(payload))
