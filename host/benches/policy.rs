@@ -1,0 +1,895 @@
+//! WebAssembly policy benchmark, one run (`cargo bench -p ohno --bench policy`,
+//! as root; `make bench` runs it after the CNI bench):
+//!
+//! 1. ADD latency (median, p95) of N sequential pods (env `OHNO_BENCH_N`,
+//!    default 30) with each example policy, its precompiled component in a warm
+//!    cache, next to ADD with the built-in default policy on the same config
+//!    otherwise (same pools, same `CNI_ARGS`); ratio and absolute difference of
+//!    the medians against the targets (≤ 1.1× and ≤ 2 ms more). Contenders are
+//!    interleaved pod by pod, so drift in the machine's load hits all alike.
+//! 2. The first ADD with a cold cache (a fresh `cacheDir`: compile, check,
+//!    serialize and write the entry), per policy.
+//! 3. In-process costs through the `ohno` library, median of 100 each:
+//!    `engine()`, `load_component` from a warm cache (read, verify,
+//!    deserialize), `WasmPolicy::load` (engine + component + linker +
+//!    instantiate + `configure`), and one decision call (`Policy::allocate`,
+//!    plus `name_interface` for pod-ifname).
+//! 4. Where those go: `load_component`'s steps one by one (read the component,
+//!    cache key, read and verify the entry, deserialize, contract check), the
+//!    WASI linker, and instantiation in a fresh store (host imports stubbed).
+//!
+//! The report is printed and written as Markdown to `target/bench/policy.md`.
+//!
+//! Isolation: each contender has its own throwaway host network namespace,
+//! store and cache directory; pods are pre-created namespaces (creation is not
+//! timed). The plugin is exec'd as a runtime execs it: the bench forks, the
+//! child `setns()`es into the host namespace (an fd opened before the fork)
+//! and execs the binary, no `ip netns exec`; if `setns` fails the plugin never
+//! runs. Guards delete namespaces and directories on every exit, including a
+//! panic or SIGINT/SIGTERM/SIGHUP (turned into a panic at the next checkpoint).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{default_cni_path, ohno_binary, Node, Pod};
+use ohno::cni::config::NetConf;
+use ohno::ipam::{Allocator, Owner, Want};
+use ohno::net::netns::NetNs as NsHandle;
+use ohno::policy::wasm::{self, HostView, PolicyConf, WasmPolicy};
+use ohno::policy::{Family, Policy};
+use serde_json::{json, Value};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::Store;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// In-process repetitions per measurement.
+const REPS: usize = 100;
+/// Cold-cache ADDs per policy (each with a fresh cache directory).
+const COLD: usize = 3;
+/// Targets for a policy ADD against the built-in default.
+const TARGET_RATIO: f64 = 1.1;
+const TARGET_EXTRA_MS: f64 = 2.0;
+
+// ------------------------------------------------------------------ signals
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int);
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
+    }
+}
+
+fn checkpoint() {
+    if STOP.load(Ordering::SeqCst) {
+        panic!("interrupted by a signal: cleaning up before exiting");
+    }
+}
+
+// ------------------------------------------------------------------ setup
+
+/// An example policy: label, component file name, `policy.config`.
+struct Example {
+    label: &'static str,
+    file: &'static str,
+    config: Value,
+}
+
+fn examples() -> Vec<Example> {
+    vec![
+        Example {
+            label: "namespace-pools",
+            file: "namespace_pools",
+            config: json!({"rules": [{"namespaces": ["prod"], "pool": "prod"}]}),
+        },
+        Example {
+            label: "sticky-statefulset",
+            file: "sticky_statefulset",
+            config: json!({"pool": "sts", "sets": [{"namespace": "prod", "name": "web", "base": 0}]}),
+        },
+        Example {
+            label: "no-quick-reuse",
+            file: "no_quick_reuse",
+            config: Value::Null,
+        },
+        Example {
+            label: "pod-ifname",
+            file: "pod_ifname",
+            config: Value::Null,
+        },
+    ]
+}
+
+fn wasm_path(file: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release")
+        .join(format!("{file}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the policies first (`make policies`)",
+        path.display()
+    );
+    path.canonicalize().unwrap_or(path)
+}
+
+/// The same pools for every contender: every policy has what it needs.
+fn pools() -> Value {
+    json!([
+        {"name": "default", "subnet": "10.85.0.0/16", "blockSize": 26},
+        {"name": "prod", "subnet": "10.90.0.0/16", "blockSize": 26},
+        {"name": "sts", "subnet": "10.86.0.0/20", "blockSize": 26}
+    ])
+}
+
+/// The node's config (logLevel info, as in production), with `policy` when given.
+fn conf_for(node: &Node, policy: Option<(&Path, &Value, &Path)>) -> Value {
+    let mut conf = node.ohno_conf("1.1.0");
+    conf["logLevel"] = json!("info");
+    conf["ipam"]["pools"] = pools();
+    if let Some((file, config, cache)) = policy {
+        conf["policy"] = json!({"path": file, "config": config, "cacheDir": cache});
+    }
+    conf
+}
+
+fn args_for(pod_name: &str) -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME={pod_name}")
+}
+
+// ------------------------------------------------------------------ exec
+
+/// A contender's host namespace, open (O_CLOEXEC) for `setns` in children.
+struct Host {
+    name: String,
+    ns: NsHandle,
+}
+
+impl Host {
+    fn of(ns: &common::NetNs) -> Host {
+        let path = PathBuf::from(ns.path());
+        let handle =
+            NsHandle::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        Host {
+            name: ns.name().to_owned(),
+            ns: handle,
+        }
+    }
+}
+
+/// One contender: a node (host netns, store, cache) and its config.
+struct Contender {
+    label: String,
+    node: Node,
+    host: Host,
+    conf: Value,
+}
+
+impl Contender {
+    fn new(label: &str, policy: Option<&Example>) -> Contender {
+        let node = Node::new();
+        let host = Host::of(&node.host);
+        let cache = node.dir.path().join("policy-cache");
+        let conf = match policy {
+            None => conf_for(&node, None),
+            Some(ex) => {
+                let file = wasm_path(ex.file);
+                conf_for(&node, Some((&file, &ex.config, &cache)))
+            }
+        };
+        Contender {
+            label: label.to_owned(),
+            node,
+            host,
+            conf,
+        }
+    }
+
+    /// ADD `pod` (K8S_POD_NAME `pod_name`) with `conf`, exec'd directly in the
+    /// host namespace; returns the wall time from fork to reap.
+    fn add(&self, pod: &Pod, pod_name: &str, conf: &Value) -> Duration {
+        checkpoint();
+        let netns = pod.ns.path();
+        let cni_path = default_cni_path();
+        let args = args_for(pod_name);
+        let mut cmd = Command::new(ohno_binary());
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &pod.container_id)
+            .env("CNI_NETNS", &netns)
+            .env("CNI_IFNAME", &pod.ifname)
+            .env("CNI_ARGS", &args)
+            .env("CNI_PATH", &cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let fd: RawFd = self.host.ns.fd().as_raw_fd();
+        // SAFETY: only setns(2) runs between fork and exec, and it is
+        // async-signal-safe. If it fails, spawn fails and the plugin never
+        // runs, so nothing runs in the machine's own namespace.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let stdin = conf.to_string();
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ohno in netns {}: {e}", self.host.name));
+        if let Some(mut pipe) = child.stdin.take() {
+            let _ = pipe.write_all(stdin.as_bytes());
+        }
+        let out = child.wait_with_output().expect("wait for ohno");
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "{} ADD ({pod_name}, container {}) failed: {}\n--- stdout\n{}\n--- stderr\n{}\n--- log tail\n{}",
+            self.label,
+            pod.container_id,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.node.log(), 3000)
+        );
+        took
+    }
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+// ------------------------------------------------------------------ stats
+
+/// Nearest-rank percentile, in milliseconds.
+fn percentile(samples: &[Duration], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
+}
+
+fn p50(s: &[Duration]) -> f64 {
+    percentile(s, 50.0)
+}
+
+fn p95(s: &[Duration]) -> f64 {
+    percentile(s, 95.0)
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.2}")
+}
+
+fn us(v: f64) -> String {
+    format!("{:.1}", v * 1e3)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// `f` run `REPS` times; the samples.
+fn repeat(mut f: impl FnMut()) -> Vec<Duration> {
+    (0..REPS)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect()
+}
+
+/// A Markdown table, padded so it also reads well in a terminal.
+struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> String {
+        let widths: Vec<usize> = (0..self.headers.len())
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(i))
+                    .chain(std::iter::once(&self.headers[i]))
+                    .map(|c| c.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            let mut s = String::from("|");
+            for (i, w) in widths.iter().enumerate() {
+                let c = cells.get(i).map(String::as_str).unwrap_or("");
+                let pad = " ".repeat(w - c.chars().count());
+                if i == 0 {
+                    let _ = write!(s, " {c}{pad} |");
+                } else {
+                    let _ = write!(s, " {pad}{c} |");
+                }
+            }
+            s.push('\n');
+            s
+        };
+        let mut out = line(&self.headers);
+        out.push('|');
+        for (i, w) in widths.iter().enumerate() {
+            let dashes = "-".repeat(w + 1);
+            if i == 0 {
+                let _ = write!(out, ":{dashes}|");
+            } else {
+                let _ = write!(out, "{dashes}:|");
+            }
+        }
+        out.push('\n');
+        for r in &self.rows {
+            out.push_str(&line(r));
+        }
+        out
+    }
+}
+
+/// The report, printed section by section as it is produced.
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn add(&mut self, s: &str) {
+        print!("{s}");
+        let _ = std::io::stdout().flush();
+        self.text.push_str(s);
+    }
+
+    fn para(&mut self, s: &str) {
+        self.add(&format!("{s}\n\n"));
+    }
+
+    fn table(&mut self, t: &Table) {
+        self.add(&format!("{}\n", t.render()));
+    }
+}
+
+/// `target/bench/policy.md`, next to the bench executable's target dir
+/// (`target/release/deps/policy-*`), so `CARGO_TARGET_DIR` is honoured.
+fn report_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("bench")
+        .join("policy.md")
+}
+
+fn machine() -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "Machine: nproc {nproc}, kernel {}, CPU {cpu}; load average {}",
+        kernel.trim(),
+        loadavg()
+    )
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+// ------------------------------------------------------------------ tables
+
+/// Table 1: warm-cache ADD per policy against the built-in default.
+fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
+    let exs = examples();
+    let mut contenders = vec![Contender::new("built-in default", None)];
+    for ex in &exs {
+        contenders.push(Contender::new(ex.label, Some(ex)));
+    }
+    // Warm-up, not timed: creates the bridge, compiles into the cache, pages
+    // the binary and the store in.
+    for c in &contenders {
+        let pod = Pod::new();
+        c.add(&pod, "warmup", &c.conf);
+        if c.conf.get("policy").is_some() && !c.node.log().contains(".wasm: compiled in") {
+            problems.push(format!("{}: the warm-up ADD did not compile", c.label));
+        }
+    }
+    // Pods, created before anything is timed: one round is a pod per contender.
+    let rounds: Vec<Vec<Pod>> = (0..n)
+        .map(|_| contenders.iter().map(|_| Pod::new()).collect())
+        .collect();
+    let mut samples: Vec<Vec<Duration>> = contenders.iter().map(|_| Vec::new()).collect();
+    for (i, round) in rounds.iter().enumerate() {
+        let name = format!("web-{i}");
+        for ((c, pod), s) in contenders.iter().zip(round).zip(samples.iter_mut()) {
+            s.push(c.add(pod, &name, &c.conf));
+        }
+    }
+    for c in contenders.iter().skip(1) {
+        // logLevel info: a compile is logged ("loaded from cache" is debug).
+        let compiled = c.node.log().matches(".wasm: compiled in").count();
+        if compiled != 1 {
+            problems.push(format!(
+                "{}: {compiled} compiles in {} ADDs (expected only the warm-up's)",
+                c.label,
+                n + 1
+            ));
+        }
+    }
+    drop(rounds);
+
+    let base = p50(&samples[0]);
+    let mut t = Table::new(&[
+        "ADD (warm cache)",
+        "median ms",
+        "p95 ms",
+        "min ms",
+        "× default",
+        "+ms vs default",
+        "target ≤1.1× / ≤+2 ms",
+    ]);
+    for (k, c) in contenders.iter().enumerate() {
+        let s = &samples[k];
+        let med = p50(s);
+        let min = s.iter().min().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        if k == 0 {
+            t.row(vec![
+                c.label.clone(),
+                ms(med),
+                ms(p95(s)),
+                ms(min),
+                "1.00×".into(),
+                "—".into(),
+                "—".into(),
+            ]);
+            continue;
+        }
+        let ratio = med / base;
+        let extra = med - base;
+        let ok_ratio = ratio <= TARGET_RATIO;
+        let ok_extra = extra <= TARGET_EXTRA_MS;
+        t.row(vec![
+            c.label.clone(),
+            ms(med),
+            ms(p95(s)),
+            ms(min),
+            format!("{ratio:.2}×"),
+            format!("{extra:+.2}"),
+            format!("{} / {}", verdict(ok_ratio), verdict(ok_extra)),
+        ]);
+    }
+    report.para(&format!(
+        "## 1. ADD with a policy (warm cache) vs the built-in default\n\n\
+         {n} sequential ADDs per contender, interleaved pod by pod (one pod of each \
+         contender in turn), after one untimed warm-up ADD each (bridge creation, \
+         the policy's compile into its cache). Same config for all (pools default \
+         10.85.0.0/16, prod 10.90.0.0/16, sts 10.86.0.0/20, /26 blocks; local store; \
+         logLevel info), same CNI_ARGS (K8S_POD_NAMESPACE=prod, K8S_POD_NAME=web-<i>); \
+         only `policy` differs. Wall time from fork to reap of `ohno` exec'd directly \
+         in the contender's host namespace (pre_exec setns)."
+    ));
+    report.table(&t);
+}
+
+/// Table 2: the first ADD with a cold cache, per policy.
+fn cold_adds(report: &mut Report) {
+    let mut t = Table::new(&[
+        "first ADD, cold cache",
+        "median ms",
+        "min ms",
+        "max ms",
+        "compile (log) ms",
+        "then warm ms",
+    ]);
+    for ex in examples() {
+        let c = Contender::new(ex.label, Some(&ex));
+        // The bridge exists before anything is timed.
+        c.add(&Pod::new(), "warmup", &c.conf);
+        let file = wasm_path(ex.file);
+        let mut cold = Vec::new();
+        let mut compile_ms = Vec::new();
+        for k in 0..COLD {
+            let cache = c.node.dir.path().join(format!("cold-{k}"));
+            let conf = conf_for(&c.node, Some((&file, &ex.config, &cache)));
+            let pod = Pod::new();
+            let before = c.node.log().len();
+            cold.push(c.add(&pod, &format!("web-{k}"), &conf));
+            let log = c.node.log();
+            if let Some(v) = log[before..]
+                .lines()
+                .find_map(|l| l.split(".wasm: compiled in ").nth(1))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                compile_ms.push(v);
+            }
+        }
+        // One more ADD on the last (now warm) cache, for comparison.
+        let cache = c.node.dir.path().join(format!("cold-{}", COLD - 1));
+        let conf = conf_for(&c.node, Some((&file, &ex.config, &cache)));
+        let warm = c.add(&Pod::new(), &format!("web-{COLD}"), &conf);
+        compile_ms.sort_by(f64::total_cmp);
+        let compile = compile_ms
+            .get(compile_ms.len() / 2)
+            .map_or("?".into(), |v| format!("{v:.1}"));
+        t.row(vec![
+            ex.label.to_owned(),
+            ms(p50(&cold)),
+            ms(cold
+                .iter()
+                .min()
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)),
+            ms(cold
+                .iter()
+                .max()
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)),
+            compile,
+            ms(warm.as_secs_f64() * 1e3),
+        ]);
+    }
+    report.para(&format!(
+        "## 2. First ADD with a cold cache\n\n\
+         {COLD} ADDs per policy, each with a fresh `cacheDir` (the component is \
+         compiled with Cranelift, checked, serialized and written), on a node whose \
+         bridge already exists. \"compile (log)\" is the plugin's own `compiled in` \
+         figure; \"then warm\" is one ADD right after, loading that entry."
+    ));
+    report.table(&t);
+}
+
+/// Table 3: in-process costs through the library.
+fn in_process(report: &mut Report) {
+    let dir = common::TempDir::new();
+    let cache = dir.path().join("policy-cache");
+    // A memory store in which node-a holds a few addresses of each pool.
+    let conf_json = json!({
+        "cniVersion": "1.1.0", "name": "bench", "type": "ohno", "node": "node-a",
+        "logLevel": "off", "ipam": {"type": "ohno", "pools": pools()}
+    });
+    let net =
+        NetConf::parse(conf_json.to_string().as_bytes(), &[]).expect("parse the bench config");
+    let kv: Arc<dyn ohno::store::Kv> = Arc::new(ohno::store::memory::MemoryStore::new());
+    let alloc = Allocator::new(&*kv, "/ohno", "node-a");
+    for pool in &net.ipam.pools {
+        for i in 0..8 {
+            let owner = Owner {
+                network: "bench".into(),
+                container_id: format!("filler-{}-{i}", pool.name),
+                ifname: "eth0".into(),
+                node: "node-a".into(),
+                pod_namespace: None,
+                pod_name: None,
+                pod_uid: None,
+                created: 0,
+            };
+            alloc
+                .allocate(
+                    &owner,
+                    &[Want {
+                        pool,
+                        address: None,
+                    }],
+                )
+                .expect("allocate a filler address");
+        }
+    }
+    let view = || HostView {
+        kv: kv.clone(),
+        prefix: "/ohno".into(),
+        node: "node-a".into(),
+        pools: net.ipam.pools.clone(),
+    };
+    let pod = ohno::policy::Pod {
+        container_id: "bench-container".into(),
+        ifname: "eth0".into(),
+        netns: "/var/run/netns/bench".into(),
+        network: "bench".into(),
+        node: "node-a".into(),
+        namespace: Some("prod".into()),
+        name: Some("web-3".into()),
+        uid: None,
+        annotations: Default::default(),
+        args: vec![
+            ("K8S_POD_NAMESPACE".into(), "prod".into()),
+            ("K8S_POD_NAME".into(), "web-3".into()),
+        ],
+    };
+    let v4: Vec<&ohno::cni::config::PoolConf> = net
+        .ipam
+        .pools
+        .iter()
+        .filter(|p| Family::of_pool(p) == Family::V4)
+        .collect();
+
+    let engine_t = repeat(|| {
+        wasm::engine().expect("engine");
+    });
+    let engine = wasm::engine().expect("engine");
+    let mut t = Table::new(&[
+        "in-process, median of 100",
+        "engine() µs",
+        "load_component (warm cache) µs",
+        "WasmPolicy::load µs",
+        "≈ link+instantiate+configure µs",
+        "allocate µs",
+        "name_interface µs",
+        "answer",
+    ]);
+    for ex in examples() {
+        let file = wasm_path(ex.file);
+        let (_, outcome) = wasm::load_component(&engine, &file, &cache).expect("compile");
+        assert_ne!(
+            outcome,
+            wasm::CacheOutcome::Hit,
+            "{}: cache not cold",
+            ex.label
+        );
+        let load_t = repeat(|| {
+            let (_, o) = wasm::load_component(&engine, &file, &cache).expect("load_component");
+            assert_eq!(o, wasm::CacheOutcome::Hit);
+        });
+        let pconf = PolicyConf::parse(&json!({
+            "path": file, "config": ex.config, "cacheDir": cache,
+        }))
+        .expect("policy config");
+        let full_t = repeat(|| {
+            WasmPolicy::load(&pconf, view()).expect("WasmPolicy::load");
+        });
+        let mut policy = WasmPolicy::load(&pconf, view()).expect("WasmPolicy::load");
+        let answer = format!(
+            "{:?}",
+            policy.allocate(&pod, Family::V4, &v4).expect("allocate")
+        );
+        let alloc_t = repeat(|| {
+            policy.allocate(&pod, Family::V4, &v4).expect("allocate");
+        });
+        let name_t = repeat(|| {
+            policy.name_interface(&pod).expect("name_interface");
+        });
+        let naming = format!("{:?}", policy.name_interface(&pod).expect("name"));
+        let derived = p50(&full_t) - p50(&engine_t) - p50(&load_t);
+        t.row(vec![
+            ex.label.to_owned(),
+            us(p50(&engine_t)),
+            us(p50(&load_t)),
+            us(p50(&full_t)),
+            us(derived),
+            us(p50(&alloc_t)),
+            us(p50(&name_t)),
+            format!("{answer}; {naming}"),
+        ]);
+        checkpoint();
+    }
+    report.para(
+        "## 3. In-process costs (the `ohno` library, this process)\n\n\
+         `engine()` builds the wasmtime engine (fuel, epochs, bounded stack). \
+         `load_component` with a warm cache reads the entry, verifies its length and \
+         checksum, deserializes it and checks the contract. `WasmPolicy::load` is what \
+         an ADD pays before the first decision: engine + load_component + WASI and host \
+         linker + instantiate in a fresh store + `configure`; the next column subtracts \
+         the first two medians. Decisions are called repeatedly on one instance \
+         (pod prod/web-3, IPv4 pools default, prod, sts; node-a holds 8 addresses of \
+         each pool in a memory store); each call includes the timeout watchdog thread.",
+    );
+    report.table(&t);
+}
+
+/// The WASI half of the plugin's store state, for the breakdown.
+struct BenchState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for BenchState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Table 4: the steps of `load_component` (warm cache) and of instantiation.
+fn breakdown(report: &mut Report) {
+    let dir = common::TempDir::new();
+    let cache = dir.path().join("policy-cache");
+    let engine = wasm::engine().expect("engine");
+    let mut t = Table::new(&[
+        "step, median of 100 µs",
+        "read .wasm",
+        "cache key (sha256)",
+        "read+verify entry",
+        "deserialize",
+        "check_contract",
+        "Σ",
+        "WASI linker",
+        "store+instantiate",
+        "entry KiB",
+    ]);
+    for ex in examples() {
+        let file = wasm_path(ex.file);
+        let name = file.display().to_string();
+        wasm::load_component(&engine, &file, &cache).expect("compile");
+        let bytes = std::fs::read(&file).expect("read the component");
+        let entry = wasm::cache::entry(&cache, &wasm::cache::key(&engine, &bytes));
+        let payload = wasm::cache::read(&entry).expect("a valid cache entry");
+        let read_t = repeat(|| {
+            std::fs::read(&file).expect("read the component");
+        });
+        let key_t = repeat(|| {
+            wasm::cache::key(&engine, &bytes);
+        });
+        let entry_t = repeat(|| {
+            wasm::cache::read(&entry).expect("a valid cache entry");
+        });
+        // SAFETY: `payload` is a verified entry that `Component::serialize`
+        // wrote for this engine's configuration (what the plugin loads).
+        let deser = || unsafe { Component::deserialize(&engine, &payload) };
+        let deser_t = repeat(|| {
+            deser().expect("deserialize");
+        });
+        let component = deser().expect("deserialize");
+        let check_t = repeat(|| {
+            wasm::check_contract(&engine, &component, &name).expect("contract");
+        });
+        let linker_t = repeat(|| {
+            let mut l: Linker<BenchState> = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut l).expect("link WASI");
+        });
+        let mut linker: Linker<BenchState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("link WASI");
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .expect("stub the host imports");
+        let inst_t = repeat(|| {
+            let mut store = Store::new(
+                &engine,
+                BenchState {
+                    wasi: WasiCtxBuilder::new().build(),
+                    table: ResourceTable::new(),
+                },
+            );
+            store.set_fuel(1_000_000_000).expect("fuel");
+            store.set_epoch_deadline(1);
+            linker
+                .instantiate(&mut store, &component)
+                .expect("instantiate");
+        });
+        let parts = [&read_t, &key_t, &entry_t, &deser_t, &check_t];
+        let sum: f64 = parts.iter().map(|s| p50(s)).sum();
+        let mut row = vec![ex.label.to_owned()];
+        row.extend(parts.iter().map(|s| us(p50(s))));
+        row.push(us(sum));
+        row.push(us(p50(&linker_t)));
+        row.push(us(p50(&inst_t)));
+        row.push(format!("{}", (payload.len() + 24) / 1024));
+        t.row(row);
+        checkpoint();
+    }
+    report.para(
+        "## 4. Where the load goes\n\n\
+         `load_component` with a warm cache, step by step (one engine): read the \
+         component file, the cache key (sha256 of the component and the engine's \
+         compatibility hash), read the entry and verify its length and checksum \
+         (and copy the payload), `Component::deserialize` of the payload, \
+         `check_contract`. Then the linker every ADD builds (WASI p2 sync; the \
+         plugin adds the ohno:policy host imports to it) and instantiation in a \
+         fresh store (WASI context, fuel, epoch deadline; the ohno:policy host \
+         imports stubbed as traps here, so no `configure`).",
+    );
+    report.table(&t);
+}
+
+// ------------------------------------------------------------------ main
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument means "not us".
+    if std::env::args().skip(1).any(|a| !a.starts_with('-')) {
+        return;
+    }
+    common::require_root();
+    install_signal_handlers();
+    let started = Instant::now();
+    let n = env_usize("OHNO_BENCH_N", 30);
+    let mut problems = Vec::new();
+    let mut report = Report {
+        text: String::new(),
+    };
+    report.add("# Ohno policy benchmark\n\n");
+    report.para(&machine());
+    report.para(&format!(
+        "Plugin: `{}` (release). Components: `target/wasm32-wasip2/release/*.wasm`. \
+         N = {n} (`OHNO_BENCH_N`).",
+        ohno_binary().display()
+    ));
+
+    warm_adds(&mut report, n, &mut problems);
+    checkpoint();
+    cold_adds(&mut report);
+    checkpoint();
+    in_process(&mut report);
+    checkpoint();
+    breakdown(&mut report);
+
+    if !problems.is_empty() {
+        report.para(&format!("Problems:\n\n- {}", problems.join("\n- ")));
+    }
+    report.para(&format!(
+        "Run took {:.1} s; load average at the end {}.",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    ));
+    let path = report_path();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&path, &report.text) {
+        Ok(()) => println!("report written to {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+}
