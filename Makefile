@@ -1,5 +1,5 @@
 # Thin entry points; the work lives in scripts/ and cargo.
-.PHONY: setup build demo test lint bench policies
+.PHONY: setup build demo test lint bench policies memcheck flamegraph fuzz coverage
 
 CARGO ?= cargo
 
@@ -24,9 +24,35 @@ test: setup policies
 policies:
 	$(CARGO) build --release --target wasm32-wasip2 -p namespace-pools -p sticky-statefulset -p no-quick-reuse -p pod-ifname -p hostile -p hostile-net -p policy-v1
 
-lint:
-	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+# rustfmt + clippy -D warnings: the workspace (all targets), the policies as
+# wasm32-wasip2 components, and the CNI core (ohno lib without default features).
+lint: setup
+	scripts/lint.sh
 
-bench: setup
-	$(CARGO) bench -p ohno --bench cni
+# The debug `ohno` under valgrind memcheck: ADD, CHECK, DEL with the local store,
+# the etcd store (mTLS cluster in a throwaway netns) and a WebAssembly policy.
+memcheck: setup policies
+	scripts/memcheck.sh
+
+# perf + inferno: an ADD burst of the release binary -> docs/flamegraph-add.svg.
+flamegraph: setup
+	scripts/setup-flamegraph.sh
+	scripts/flamegraph.sh
+
+# cargo-fuzz (nightly) on the config, CNI_ARGS, result and version parsers,
+# FUZZ_SECONDS (default 60) per target.
+fuzz: setup
+	scripts/setup-fuzz.sh
+	scripts/fuzz.sh
+
+# Line coverage of host/src over every test tier (cargo-llvm-cov; the binaries the
+# integration tests exec are instrumented too). HTML in target/coverage/html.
+coverage: setup policies
+	scripts/setup-coverage.sh
+	scripts/coverage.sh
+
+# Every benchmark in one run; docs/bench/ gets the Markdown report and the
+# ADD-latency chart, with the machine they ran on.
+bench: setup policies
+	$(CARGO) bench -p ohno --bench cni --bench policy
+	scripts/bench-report.sh
