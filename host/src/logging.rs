@@ -15,7 +15,14 @@ struct Logger {
 
 impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= self.level
+        // Other crates (wasmtime, cranelift, tonic) log their internals at debug:
+        // one cold policy compile would write thousands of lines. Theirs from warn.
+        let level = if m.target().starts_with("ohno") {
+            self.level
+        } else {
+            self.level.min(log::LevelFilter::Warn)
+        };
+        m.level() <= level
     }
 
     fn log(&self, r: &log::Record<'_>) {
