@@ -609,6 +609,8 @@ fn failure_policy_default_falls_back_to_the_built_in_decision() {
         let mut conf = policy_conf(&node, &file, json!({"mode": mode}));
         conf["policy"]["failurePolicy"] = json!("default");
         conf["policy"]["timeoutMs"] = json!(100);
+        // Fuel high enough that the wall-clock deadline, not the budget, stops the loop.
+        conf["policy"]["fuel"] = json!(1_000_000_000_000u64);
         warm_cache(&node, &file);
         let r = add_ok(&node, &pod, &conf, "");
         let (addr, _, gw) = first_ipv4(&r);
