@@ -39,27 +39,46 @@ pub fn run(inv: &Invocation) -> Result<Value> {
     let kv = store::open(&conf.ipam.store)?;
     let alloc = Allocator::from_conf(&*kv, conf);
     let id = inv.attachment_id();
-    let repeat = alloc.find(&id)?.is_some();
 
-    // Decide (policy), validate the answers, then allocate.
+    // Decide the host name (policy), then allocate and plumb at once: the
+    // allocation waits on the store (for etcd, network round trips), the links
+    // on the kernel, and neither needs the other until addresses go on.
     let mut policy = policy::load(conf, kv.clone())?;
     let alias = format!("{}/{}", env.container_id, env.ifname);
     let host_name = decide_host_name(&mut *policy, &pod, &alias)?;
-    let record = allocate(&alloc, inv, &pod, &mut *policy)?;
-    log::info!(
-        "{} {}: {}",
-        if repeat { "found" } else { "allocated" },
-        id.container_id,
-        record
-            .ips
-            .iter()
-            .map(|i| i.address.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-
     let mut made = Made::default();
-    match wire(inv, &netns, &record, host_name.as_deref(), &mut made) {
+    let (allocated, plumbed) = std::thread::scope(|s| {
+        let allocation = s.spawn(|| allocate(&alloc, inv, &pod, &mut *policy));
+        let plumbed = plumb(inv, &netns, host_name.as_deref(), &mut made);
+        let allocated = allocation
+            .join()
+            .unwrap_or_else(|_| Err(Error::Store("the allocation thread panicked".into())));
+        (allocated, plumbed)
+    });
+    // Only addresses this ADD took are released on failure: not when the
+    // allocation failed (nothing taken, and a store error says nothing about an
+    // earlier ADD's record) and not on a repeated ADD (the record is older).
+    let took_addresses = matches!(allocated, Ok((_, false)));
+    let outcome = match (allocated, plumbed) {
+        (Ok((record, repeat)), Ok(plumbed)) => {
+            log::info!(
+                "{} {}: {}",
+                if repeat { "found" } else { "allocated" },
+                id.container_id,
+                record
+                    .ips
+                    .iter()
+                    .map(|i| i.address.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            fault_point("ipam").and_then(|()| configure(inv, &netns, &record, &plumbed))
+        }
+        // The allocation's error is the one to report (an exhausted pool says more
+        // than a link that was made in vain).
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+    };
+    match outcome {
         Ok(mut result) => {
             if let Some(prev) = prev {
                 result = prev.merge(result);
@@ -73,7 +92,7 @@ pub fn run(inv: &Invocation) -> Result<Value> {
                     log::warn!("undo: delete host veth {index}: {u}");
                 }
             }
-            if !repeat {
+            if took_addresses {
                 if let Err(u) = alloc.release(&id) {
                     log::warn!("undo: release addresses of {}: {u}", id.container_id);
                 }
@@ -97,7 +116,7 @@ fn run_ipam(inv: &Invocation) -> Result<Value> {
     let kv = store::open(&conf.ipam.store)?;
     let alloc = Allocator::from_conf(&*kv, conf);
     let mut policy = policy::load(conf, kv.clone())?;
-    let record = allocate(&alloc, inv, &pod, &mut *policy)?;
+    let (record, _) = allocate(&alloc, inv, &pod, &mut *policy)?;
     let addrs = addresses(&record)?;
     let routes: Vec<(Cidr, IpAddr)> = addrs
         .iter()
@@ -216,18 +235,19 @@ fn decide_host_name(policy: &mut dyn Policy, pod: &Pod, alias: &str) -> Result<O
 
 /// Allocate as the policy decides; if an address it chose was taken meanwhile
 /// (the transaction is the final word), ask it again, a bounded number of times.
+/// The flag says the attachment was already recorded (a repeated ADD).
 fn allocate(
     alloc: &Allocator<'_>,
     inv: &Invocation,
     pod: &Pod,
     policy: &mut dyn Policy,
-) -> Result<AttachmentRecord> {
+) -> Result<(AttachmentRecord, bool)> {
     let owner = owner(inv);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let (wants, chosen) = plan(&inv.conf, pod, policy)?;
-        match alloc.allocate(&owner, &wants) {
+        match alloc.allocate_or_find(&owner, &wants) {
             Err(Error::AddressUnavailable { address, msg })
                 if chosen && attempt < POLICY_ATTEMPTS =>
             {
@@ -348,37 +368,29 @@ fn gateway_of(block: &Cidr) -> IpAddr {
     crate::ipam::cidr::from_u128(block.first() + 1, block.is_ipv4())
 }
 
-/// The link plumbing of bridge mode; returns this plugin's part of the result.
-fn wire(
+/// The links of bridge mode, made before the addresses are known: the bridge,
+/// the veth pair with the pod end born in the pod netns.
+struct Plumbed {
+    bridge: Link,
+    host_veth: Link,
+    pod_link: Link,
+}
+
+fn plumb(
     inv: &Invocation,
     netns: &NetNs,
-    record: &AttachmentRecord,
     host_name: Option<&str>,
     made: &mut Made,
-) -> Result<CniResult> {
+) -> Result<Plumbed> {
     let (env, conf) = (&inv.env, &inv.conf);
-    fault_point("ipam")?;
-    let addrs = addresses(record)?;
     let mut host = Netlink::open()?;
     let mtu = match conf.mtu {
         Some(m) => m,
         None => host.default_route_mtu()?.unwrap_or(1500),
     };
-
-    // Bridge, its gateway addresses, forwarding.
     let bridge = host.ensure_bridge(&conf.bridge, Some(mtu), conf.promisc_mode)?;
-    for (_, block) in &addrs {
-        host.ensure_addr(bridge.index, gateway_of(block), block.prefix())?;
-    }
-    if addrs.iter().any(|(a, _)| a.is_ipv4()) {
-        sysctl::set("net/ipv4/ip_forward", "1")?;
-    }
-    if addrs.iter().any(|(a, _)| a.is_ipv6()) {
-        sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
-    }
     fault_point("bridge")?;
 
-    // The veth pair: pod end born in the pod netns with its final name.
     let alias = format!("{}/{}", env.container_id, env.ifname);
     let host_veth = create_veth(
         &mut host,
@@ -395,7 +407,6 @@ fn wire(
     }
     fault_point("veth")?;
 
-    // The pod side: addresses, up, routes.
     let mut pod = Netlink::open_in(netns)?;
     let pod_link = pod.link_by_name(&env.ifname)?.ok_or_else(|| {
         Error::netlink(
@@ -403,10 +414,41 @@ fn wire(
             std::io::Error::from_raw_os_error(libc::ENODEV),
         )
     })?;
-    for (addr, block) in &addrs {
-        pod.ensure_addr(pod_link.index, *addr, block.prefix())?;
+    Ok(Plumbed {
+        bridge,
+        host_veth,
+        pod_link,
+    })
+}
+
+/// Addresses on: the block gateways on the bridge (and forwarding), the pod's
+/// addresses and routes, masquerade; returns this plugin's part of the result.
+fn configure(
+    inv: &Invocation,
+    netns: &NetNs,
+    record: &AttachmentRecord,
+    plumbed: &Plumbed,
+) -> Result<CniResult> {
+    let conf = &inv.conf;
+    let addrs = addresses(record)?;
+    let mut host = Netlink::open()?;
+    for (_, block) in &addrs {
+        host.ensure_addr(plumbed.bridge.index, gateway_of(block), block.prefix())?;
     }
-    pod.set_up(pod_link.index)?;
+    if addrs.iter().any(|(a, _)| a.is_ipv4()) {
+        sysctl::set("net/ipv4/ip_forward", "1")?;
+    }
+    if addrs.iter().any(|(a, _)| a.is_ipv6()) {
+        sysctl::set("net/ipv6/conf/all/forwarding", "1")?;
+    }
+
+    // The pod side: addresses, up, routes.
+    let mut pod = Netlink::open_in(netns)?;
+    let pod_index = plumbed.pod_link.index;
+    for (addr, block) in &addrs {
+        pod.ensure_addr(pod_index, *addr, block.prefix())?;
+    }
+    pod.set_up(pod_index)?;
     fault_point("address")?;
     let routes = pod_routes(conf, &addrs);
     for r in &routes {
@@ -414,7 +456,7 @@ fn wire(
             dst: r.0.addr(),
             prefix: r.0.prefix(),
             gateway: Some(r.1),
-            oif: Some(pod_link.index),
+            oif: Some(pod_index),
         })?;
     }
     fault_point("routes")?;
@@ -431,7 +473,13 @@ fn wire(
     fault_point("masquerade")?;
 
     Ok(result(
-        conf, netns, &bridge, &host_veth, &pod_link, &addrs, &routes,
+        conf,
+        netns,
+        &plumbed.bridge,
+        &plumbed.host_veth,
+        &plumbed.pod_link,
+        &addrs,
+        &routes,
     ))
 }
 

@@ -14,7 +14,7 @@ use super::keys::{last_segment, parse_block_id, Keys};
 use super::model::{now, AttachmentId, AttachmentRecord, IpRecord, Owner};
 use crate::cni::config::{NetConf, PoolConf};
 use crate::error::{Error, Result};
-use crate::store::{Compare, KeyValue, Kv, Txn};
+use crate::store::{Compare, Freshness, KeyValue, Kv, Read, Txn};
 
 /// How many times a transaction that lost a race is retried before code 11.
 pub const MAX_ATTEMPTS: usize = 64;
@@ -83,6 +83,29 @@ pub struct Allocator<'a> {
 
 fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T> {
     serde_json::from_slice(&kv.value).map_err(|e| Error::Store(format!("decode {}: {e}", kv.key)))
+}
+
+fn pool_record(pool: &PoolConf) -> PoolRecord {
+    PoolRecord {
+        subnet: pool.subnet.to_string(),
+        block_size: pool.block_size,
+    }
+}
+
+/// The stored definition `kv` of `pool` agrees with this node's config (code 7 if not).
+fn check_pool(pool: &PoolConf, kv: &KeyValue) -> Result<()> {
+    let (have, want): (PoolRecord, PoolRecord) = (decode(kv)?, pool_record(pool));
+    if have == want {
+        return Ok(());
+    }
+    Err(Error::config(
+        format!("ipam.pools[{}]", pool.name),
+        format!(
+            "pool {:?} is stored as subnet {} blockSize {} but this node's config says subnet {} blockSize {}; \
+             fix the config (pools are cluster-wide and cannot be split)",
+            pool.name, have.subnet, have.block_size, want.subnet, want.block_size
+        ),
+    ))
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -165,25 +188,11 @@ impl<'a> Allocator<'a> {
 
     /// Store the pool definition on first use; refuse a config that disagrees.
     pub fn ensure_pool(&self, pool: &PoolConf) -> Result<()> {
-        let want = PoolRecord {
-            subnet: pool.subnet.to_string(),
-            block_size: pool.block_size,
-        };
+        let want = pool_record(pool);
         let key = self.keys.pool(&pool.name);
         for _ in 0..MAX_ATTEMPTS {
             if let Some(kv) = self.kv.get(&key)? {
-                let have: PoolRecord = decode(&kv)?;
-                if have != want {
-                    return Err(Error::config(
-                        format!("ipam.pools[{}]", pool.name),
-                        format!(
-                            "pool {:?} is stored as subnet {} blockSize {} but this node's config says subnet {} blockSize {}; \
-                             fix the config (pools are cluster-wide and cannot be split)",
-                            pool.name, have.subnet, have.block_size, want.subnet, want.block_size
-                        ),
-                    ));
-                }
-                return Ok(());
+                return check_pool(pool, &kv);
             }
             if self.kv.txn(
                 Txn::new()
@@ -210,22 +219,56 @@ impl<'a> Allocator<'a> {
     /// Allocate one address per `want` for `owner`, or return the addresses already
     /// recorded for this attachment (a repeated ADD).
     pub fn allocate(&self, owner: &Owner, wants: &[Want<'_>]) -> Result<AttachmentRecord> {
+        self.allocate_or_find(owner, wants)
+            .map(|(record, _)| record)
+    }
+
+    /// [`Allocator::allocate`], also saying whether the attachment was already
+    /// recorded (a repeated ADD: `true`, nothing written).
+    ///
+    /// Round trips on the common path: one batched read that may lag (the
+    /// attachment, each pool's definition, this node's affinities), one read of the
+    /// chosen block's addresses, one transaction. Every answer that may lag is
+    /// checked again by the transaction's compares; after a lost race the retries
+    /// read the latest state.
+    pub fn allocate_or_find(
+        &self,
+        owner: &Owner,
+        wants: &[Want<'_>],
+    ) -> Result<(AttachmentRecord, bool)> {
         let id = owner.id();
-        if let Some(existing) = self.find(&id)? {
-            return Ok(existing);
-        }
-        for w in wants {
-            self.ensure_pool(w.pool)?;
-        }
         let att_key = self
             .keys
             .attachment(&id.network, &id.container_id, &id.ifname);
+        let mut reads = vec![Read::Get(att_key.clone())];
+        for w in wants {
+            reads.push(Read::Get(self.keys.pool(&w.pool.name)));
+            reads.push(Read::Range {
+                prefix: self.keys.affinities(&self.node, &w.pool.name),
+                keys_only: true,
+            });
+        }
+        let snapshot = self.kv.read_batch(&reads, Freshness::MayLag)?;
+        // Recorded (or was, a moment ago): confirm against the latest state.
+        if !snapshot[0].is_empty() {
+            if let Some(existing) = self.find(&id)? {
+                return Ok((existing, true));
+            }
+        }
+        let mut affinities: Vec<Option<&[KeyValue]>> = Vec::with_capacity(wants.len());
+        for (i, w) in wants.iter().enumerate() {
+            match snapshot[1 + 2 * i].first() {
+                Some(kv) => check_pool(w.pool, kv)?,
+                None => self.ensure_pool(w.pool)?,
+            }
+            affinities.push(Some(&snapshot[2 + 2 * i]));
+        }
         for attempt in 0..MAX_ATTEMPTS {
             let mut picks: Vec<Pick> = Vec::with_capacity(wants.len());
-            for w in wants {
+            for (w, prefetched) in wants.iter().zip(affinities.iter_mut()) {
                 let pick = match w.address {
                     Some(ip) => self.pick_requested(w.pool, ip)?,
-                    None => self.pick_free(w.pool, attempt)?,
+                    None => self.pick_free(w.pool, attempt, prefetched.take())?,
                 };
                 picks.push(pick);
             }
@@ -256,7 +299,7 @@ impl<'a> Allocator<'a> {
             txn = txn.put(&att_key, encode(&record));
             if self.kv.txn(txn)? {
                 log::debug!(
-                    "allocated {} to {}/{}/{}",
+                    "allocated {} to {}/{}/{} (attempt {})",
                     record
                         .ips
                         .iter()
@@ -265,13 +308,14 @@ impl<'a> Allocator<'a> {
                         .join(","),
                     id.network,
                     id.container_id,
-                    id.ifname
+                    id.ifname,
+                    attempt + 1
                 );
-                return Ok(record);
+                return Ok((record, false));
             }
             // Lost a race. A concurrent ADD of the same attachment may have won it.
             if let Some(existing) = self.find(&id)? {
-                return Ok(existing);
+                return Ok((existing, true));
             }
             log::debug!(
                 "allocation transaction conflicted (attempt {}), retrying",
@@ -331,12 +375,23 @@ impl<'a> Allocator<'a> {
 
     /// Any free address from this node's blocks, claiming a new block only when
     /// they are full. `attempt` spreads concurrent allocators over the free addresses.
-    fn pick_free(&self, pool: &PoolConf, attempt: usize) -> Result<Pick> {
+    /// `prefetched`: this node's affinity keys as a batched read that may lag saw
+    /// them; used (with block reads that may lag too) only for the first look.
+    fn pick_free(
+        &self,
+        pool: &PoolConf,
+        attempt: usize,
+        mut prefetched: Option<&[KeyValue]>,
+    ) -> Result<Pick> {
         let layout = Layout::new(pool);
         let mut claim_guard = None;
         for _ in 0..MAX_ATTEMPTS {
-            for (block, guard) in self.own_blocks(pool)? {
-                let used = self.used(pool, &block)?;
+            let (own, freshness) = match prefetched.take() {
+                Some(kvs) => (self.blocks_of(&layout, kvs), Freshness::MayLag),
+                None => (self.own_blocks(pool)?, Freshness::Latest),
+            };
+            for (block, guard) in own {
+                let used = self.used_as_of(pool, &block, freshness)?;
                 if let Some(ip) = layout.nth_free(&block, &used, attempt) {
                     return Ok(Pick {
                         pool: pool.name.clone(),
@@ -407,11 +462,16 @@ impl<'a> Allocator<'a> {
 
     /// This node's blocks of `pool`, each with the compare that proves it still is.
     pub fn own_blocks(&self, pool: &PoolConf) -> Result<Vec<(Cidr, Compare)>> {
-        let layout = Layout::new(pool);
-        Ok(self
+        let affinities = self
             .kv
-            .range(&self.keys.affinities(&self.node, &pool.name), true)?
-            .into_iter()
+            .range(&self.keys.affinities(&self.node, &pool.name), true)?;
+        Ok(self.blocks_of(&Layout::new(pool), &affinities))
+    }
+
+    /// The blocks named by affinity keys, each with its compare.
+    fn blocks_of(&self, layout: &Layout, affinities: &[KeyValue]) -> Vec<(Cidr, Compare)> {
+        affinities
+            .iter()
             .filter_map(|kv| {
                 let b = parse_block_id(last_segment(&kv.key))?;
                 layout.owns_block(&b).then(|| {
@@ -421,15 +481,28 @@ impl<'a> Allocator<'a> {
                     )
                 })
             })
-            .collect())
+            .collect()
     }
 
     /// Addresses in use in `block`, as numbers.
     pub fn used(&self, pool: &PoolConf, block: &Cidr) -> Result<BTreeSet<u128>> {
-        Ok(self
-            .kv
-            .range(&self.keys.ips_of_block(&pool.name, block), true)?
+        self.used_as_of(pool, block, Freshness::Latest)
+    }
+
+    fn used_as_of(
+        &self,
+        pool: &PoolConf,
+        block: &Cidr,
+        freshness: Freshness,
+    ) -> Result<BTreeSet<u128>> {
+        let read = Read::Range {
+            prefix: self.keys.ips_of_block(&pool.name, block),
+            keys_only: true,
+        };
+        let answers = self.kv.read_batch(std::slice::from_ref(&read), freshness)?;
+        Ok(answers
             .iter()
+            .flatten()
             .filter_map(|kv| last_segment(&kv.key).parse::<IpAddr>().ok().map(to_u128))
             .collect())
     }

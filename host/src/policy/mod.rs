@@ -97,7 +97,7 @@ pub enum Naming {
 }
 
 /// A policy: Ohno's built-in one, or (later) a WebAssembly component.
-pub trait Policy {
+pub trait Policy: Send {
     /// Shown in errors and logs (the component's path for WebAssembly policies).
     fn name(&self) -> &str;
     fn allocate(&mut self, pod: &Pod, family: Family, pools: &[&PoolConf]) -> Result<Allocation>;

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare as ECompare, CompareOp, ConnectOptions, GetOptions, Identity,
-    KvClient, TlsOptions, Txn as ETxn, TxnOp,
+    KvClient, TlsOptions, Txn as ETxn, TxnOp, TxnOpResponse,
 };
 
-use super::{Compare, KeyValue, Kv, Op, Txn};
+use super::{Compare, Freshness, KeyValue, Kv, Op, Read, Txn};
 use crate::cni::config::EtcdConf;
 use crate::error::{Error, Result};
 
@@ -255,6 +255,50 @@ impl Kv for EtcdStore {
             c.get(prefix, Some(o)).await
         })?;
         Ok(resp.kvs().iter().map(convert).collect())
+    }
+
+    /// One read-only transaction. All-serializable, it is answered by the connected
+    /// member without a round through the leader (etcd's `isTxnSerializable`).
+    fn read_batch(&self, reads: &[Read], freshness: Freshness) -> Result<Vec<Vec<KeyValue>>> {
+        let ops: Vec<TxnOp> = reads
+            .iter()
+            .map(|r| {
+                let (key, mut o) = match r {
+                    Read::Get(key) => (key.as_str(), GetOptions::new()),
+                    Read::Range { prefix, keys_only } => {
+                        let o = GetOptions::new().with_prefix();
+                        (
+                            prefix.as_str(),
+                            if *keys_only { o.with_keys_only() } else { o },
+                        )
+                    }
+                };
+                if freshness == Freshness::MayLag {
+                    o = o.with_serializable();
+                }
+                TxnOp::get(key, Some(o))
+            })
+            .collect();
+        let resp = self.call("read", |mut c| {
+            let t = ETxn::new().and_then(ops.clone());
+            async move { c.txn(t).await }
+        })?;
+        let answers: Vec<Vec<KeyValue>> = resp
+            .op_responses()
+            .iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().iter().map(convert).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if answers.len() != reads.len() {
+            return Err(Error::Store(format!(
+                "etcd answered {} of {} reads in a batch",
+                answers.len(),
+                reads.len()
+            )));
+        }
+        Ok(answers)
     }
 
     fn txn(&self, txn: Txn) -> Result<bool> {

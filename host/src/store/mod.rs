@@ -73,11 +73,45 @@ impl Txn {
     }
 }
 
+/// One read of a batch ([`Kv::read_batch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// One key (its answer has zero or one entries).
+    Get(String),
+    /// Every key starting with `prefix`, in key order.
+    Range { prefix: String, keys_only: bool },
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Reflects every write acknowledged before the read began (etcd: linearizable,
+    /// a round through the leader).
+    Latest,
+    /// May lag the latest writes by a moment (etcd: serializable, answered by the
+    /// member the client is connected to). Only for reads whose answer a later
+    /// transaction's compares check again: a stale answer costs a retry, never a
+    /// wrong write.
+    MayLag,
+}
+
 /// The etcd-like store interface the allocator is written against.
 pub trait Kv: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     /// All keys starting with `prefix`, in key order. `keys_only` leaves values empty.
     fn range(&self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>>;
+    /// Several reads in one round trip, answered from one revision, in order.
+    /// Backends without round trips (local, memory) read one by one, always
+    /// [`Freshness::Latest`].
+    fn read_batch(&self, reads: &[Read], _freshness: Freshness) -> Result<Vec<Vec<KeyValue>>> {
+        reads
+            .iter()
+            .map(|r| match r {
+                Read::Get(key) => Ok(self.get(key)?.into_iter().collect()),
+                Read::Range { prefix, keys_only } => self.range(prefix, *keys_only),
+            })
+            .collect()
+    }
     /// Apply `txn` atomically; `Ok(true)` when the compares held and `success` ran.
     fn txn(&self, txn: Txn) -> Result<bool>;
     /// Cheap liveness probe for STATUS (can an ADD reach the store now?).
@@ -154,6 +188,33 @@ pub(crate) mod suite {
         assert_eq!(kv.range("/t/c/", false).unwrap()[0].value, b"y");
         assert!(kv.txn(Txn::new().delete("/t/b")).unwrap());
         assert!(kv.get("/t/b").unwrap().is_none());
+        // A batch answers every read, in order, as the single reads would.
+        for freshness in [Freshness::Latest, Freshness::MayLag] {
+            let answers = kv
+                .read_batch(
+                    &[
+                        Read::Get("/t/a".into()),
+                        Read::Get("/missing".into()),
+                        Read::Range {
+                            prefix: "/t/".into(),
+                            keys_only: false,
+                        },
+                        Read::Range {
+                            prefix: "/t/c/".into(),
+                            keys_only: true,
+                        },
+                    ],
+                    freshness,
+                )
+                .unwrap();
+            assert_eq!(answers.len(), 4);
+            assert_eq!(answers[0], vec![kv.get("/t/a").unwrap().unwrap()]);
+            assert!(answers[1].is_empty());
+            assert_eq!(answers[2], kv.range("/t/", false).unwrap());
+            assert_eq!(answers[3].len(), 1);
+            assert_eq!(answers[3][0].key, "/t/c/d");
+            assert!(answers[3][0].value.is_empty());
+        }
     }
 
     pub fn compares_are_all_or_nothing(kv: &dyn Kv) {
