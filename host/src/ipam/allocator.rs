@@ -79,6 +79,16 @@ pub struct Allocator<'a> {
     /// A node-local lock file taken around block claims, so a burst of ADDs on one
     /// node that finds its blocks full claims one new block, not one each.
     claim_lock: Option<std::path::PathBuf>,
+    /// Node-local hint files (one per store, node and pool) naming this node's
+    /// blocks as last seen, so the first read can fetch their addresses too.
+    hint_dir: Option<(std::path::PathBuf, u64)>,
+}
+
+/// What the first batched read fetched for one wanted pool.
+struct Prefetched<'s> {
+    affinities: &'s [KeyValue],
+    /// Addresses in use per hinted block.
+    used: Vec<(Cidr, &'s [KeyValue])>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T> {
@@ -108,6 +118,13 @@ fn check_pool(pool: &PoolConf, kv: &KeyValue) -> Result<()> {
     ))
 }
 
+/// The addresses named by the keys of an `ips_of_block` range, as numbers.
+fn addresses_of(kvs: &[KeyValue]) -> BTreeSet<u128> {
+    kvs.iter()
+        .filter_map(|kv| last_segment(&kv.key).parse::<IpAddr>().ok().map(to_u128))
+        .collect()
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing these plain records cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
@@ -121,6 +138,7 @@ impl<'a> Allocator<'a> {
             node: node.to_string(),
             strict_affinity: true,
             claim_lock: None,
+            hint_dir: None,
         }
     }
 
@@ -129,13 +147,60 @@ impl<'a> Allocator<'a> {
     pub fn from_conf(kv: &'a dyn Kv, conf: &NetConf) -> Allocator<'a> {
         // One lock per store and node: unrelated stores never wait on each other.
         let store_id = format!("{:?}", conf.ipam.store);
-        let lock = conf.ipam.lock_dir.join(format!(
-            "claim-{:016x}.lock",
-            super::fnv1a64(&[store_id.as_bytes(), conf.node.as_bytes()])
-        ));
+        let scope = super::fnv1a64(&[store_id.as_bytes(), conf.node.as_bytes()]);
+        let lock = conf.ipam.lock_dir.join(format!("claim-{scope:016x}.lock"));
         Allocator::new(kv, conf.ipam.store.prefix(), &conf.node)
             .with_strict_affinity(conf.ipam.strict_affinity)
             .with_claim_lock(lock)
+            .with_block_hints(conf.ipam.lock_dir.clone(), scope)
+    }
+
+    /// Keep node-local hints of this node's blocks in `dir`, in files named by
+    /// `scope` (one per store and node) and the pool.
+    pub fn with_block_hints(mut self, dir: std::path::PathBuf, scope: u64) -> Self {
+        self.hint_dir = Some((dir, scope));
+        self
+    }
+
+    /// The hint file of `pool`, if this allocator keeps hints.
+    fn hint_path(&self, pool: &str) -> Option<std::path::PathBuf> {
+        let (dir, scope) = self.hint_dir.as_ref()?;
+        Some(dir.join(format!(
+            "blocks-{:016x}",
+            super::fnv1a64(&[&scope.to_le_bytes(), pool.as_bytes()])
+        )))
+    }
+
+    /// This node's blocks of `pool` as last seen (empty when unknown). Only a
+    /// hint: a wrong one costs a read, never a wrong write.
+    fn read_hint(&self, pool: &str) -> Vec<Cidr> {
+        let Some(path) = self.hint_path(pool) else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(path)
+            .map(|s| s.lines().filter_map(parse_block_id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Record this node's blocks of `pool` (atomically; failures only logged).
+    fn write_hint(&self, pool: &str, blocks: &[Cidr]) {
+        let Some(path) = self.hint_path(pool) else {
+            return;
+        };
+        let text: String = blocks
+            .iter()
+            .map(|b| format!("{}\n", super::keys::block_id(b)))
+            .collect();
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            log::debug!("block hint {}: {e}", path.display());
+        }
     }
 
     /// Serialize block claims of this node's processes through `path` (flock).
@@ -227,10 +292,10 @@ impl<'a> Allocator<'a> {
     /// recorded (a repeated ADD: `true`, nothing written).
     ///
     /// Round trips on the common path: one batched read that may lag (the
-    /// attachment, each pool's definition, this node's affinities), one read of the
-    /// chosen block's addresses, one transaction. Every answer that may lag is
-    /// checked again by the transaction's compares; after a lost race the retries
-    /// read the latest state.
+    /// attachment, each pool's definition, this node's affinities, and the
+    /// addresses of the blocks a node-local hint says are this node's), then the
+    /// transaction. Every answer that may lag is checked again by the
+    /// transaction's compares; after a lost race the retries read the latest state.
     pub fn allocate_or_find(
         &self,
         owner: &Owner,
@@ -241,12 +306,25 @@ impl<'a> Allocator<'a> {
             .keys
             .attachment(&id.network, &id.container_id, &id.ifname);
         let mut reads = vec![Read::Get(att_key.clone())];
+        let mut hinted: Vec<Vec<Cidr>> = Vec::with_capacity(wants.len());
         for w in wants {
             reads.push(Read::Get(self.keys.pool(&w.pool.name)));
             reads.push(Read::Range {
                 prefix: self.keys.affinities(&self.node, &w.pool.name),
                 keys_only: true,
             });
+            let hint = if w.address.is_none() {
+                self.read_hint(&w.pool.name)
+            } else {
+                Vec::new()
+            };
+            for b in &hint {
+                reads.push(Read::Range {
+                    prefix: self.keys.ips_of_block(&w.pool.name, b),
+                    keys_only: true,
+                });
+            }
+            hinted.push(hint);
         }
         let snapshot = self.kv.read_batch(&reads, Freshness::MayLag)?;
         // Recorded (or was, a moment ago): confirm against the latest state.
@@ -255,17 +333,36 @@ impl<'a> Allocator<'a> {
                 return Ok((existing, true));
             }
         }
-        let mut affinities: Vec<Option<&[KeyValue]>> = Vec::with_capacity(wants.len());
-        for (i, w) in wants.iter().enumerate() {
-            match snapshot[1 + 2 * i].first() {
+        let mut prefetched: Vec<Option<Prefetched<'_>>> = Vec::with_capacity(wants.len());
+        let mut at = 1;
+        for (w, hint) in wants.iter().zip(hinted) {
+            match snapshot[at].first() {
                 Some(kv) => check_pool(w.pool, kv)?,
                 None => self.ensure_pool(w.pool)?,
             }
-            affinities.push(Some(&snapshot[2 + 2 * i]));
+            let affinities = &snapshot[at + 1];
+            let used: Vec<(Cidr, &[KeyValue])> = hint
+                .iter()
+                .zip(&snapshot[at + 2..at + 2 + hint.len()])
+                .map(|(b, kvs)| (b.clone(), kvs.as_slice()))
+                .collect();
+            at += 2 + hint.len();
+            if w.address.is_none() {
+                let layout = Layout::new(w.pool);
+                let own: Vec<Cidr> = self
+                    .blocks_of(&layout, affinities)
+                    .into_iter()
+                    .map(|(b, _)| b)
+                    .collect();
+                if own != hint {
+                    self.write_hint(&w.pool.name, &own);
+                }
+            }
+            prefetched.push(Some(Prefetched { affinities, used }));
         }
         for attempt in 0..MAX_ATTEMPTS {
             let mut picks: Vec<Pick> = Vec::with_capacity(wants.len());
-            for (w, prefetched) in wants.iter().zip(affinities.iter_mut()) {
+            for (w, prefetched) in wants.iter().zip(prefetched.iter_mut()) {
                 let pick = match w.address {
                     Some(ip) => self.pick_requested(w.pool, ip)?,
                     None => self.pick_free(w.pool, attempt, prefetched.take())?,
@@ -375,23 +472,30 @@ impl<'a> Allocator<'a> {
 
     /// Any free address from this node's blocks, claiming a new block only when
     /// they are full. `attempt` spreads concurrent allocators over the free addresses.
-    /// `prefetched`: this node's affinity keys as a batched read that may lag saw
-    /// them; used (with block reads that may lag too) only for the first look.
+    /// `prefetched`: what the first batched read (which may lag) saw of this
+    /// node's blocks; used, with further reads that may lag, for the first look.
     fn pick_free(
         &self,
         pool: &PoolConf,
         attempt: usize,
-        mut prefetched: Option<&[KeyValue]>,
+        mut prefetched: Option<Prefetched<'_>>,
     ) -> Result<Pick> {
         let layout = Layout::new(pool);
         let mut claim_guard = None;
         for _ in 0..MAX_ATTEMPTS {
-            let (own, freshness) = match prefetched.take() {
-                Some(kvs) => (self.blocks_of(&layout, kvs), Freshness::MayLag),
+            let first_look = prefetched.take();
+            let (own, freshness) = match &first_look {
+                Some(p) => (self.blocks_of(&layout, p.affinities), Freshness::MayLag),
                 None => (self.own_blocks(pool)?, Freshness::Latest),
             };
             for (block, guard) in own {
-                let used = self.used_as_of(pool, &block, freshness)?;
+                let fetched = first_look
+                    .as_ref()
+                    .and_then(|p| p.used.iter().find(|(b, _)| *b == block));
+                let used = match fetched {
+                    Some((_, kvs)) => addresses_of(kvs),
+                    None => self.used_as_of(pool, &block, freshness)?,
+                };
                 if let Some(ip) = layout.nth_free(&block, &used, attempt) {
                     return Ok(Pick {
                         pool: pool.name.clone(),
@@ -500,11 +604,7 @@ impl<'a> Allocator<'a> {
             keys_only: true,
         };
         let answers = self.kv.read_batch(std::slice::from_ref(&read), freshness)?;
-        Ok(answers
-            .iter()
-            .flatten()
-            .filter_map(|kv| last_segment(&kv.key).parse::<IpAddr>().ok().map(to_u128))
-            .collect())
+        Ok(answers.iter().flat_map(|kvs| addresses_of(kvs)).collect())
     }
 
     /// Claim `block` for this node. Ok(false) if someone else holds it.
@@ -848,6 +948,44 @@ pub(crate) mod suite {
         assert_ne!(ra.ips[0].block, rb.ips[0].block);
     }
 
+    pub fn block_hints_are_kept_and_a_wrong_hint_is_harmless(kv: &dyn Kv) {
+        let p = pool("default", "10.85.0.0/16", 26);
+        let dir = std::env::temp_dir().join(format!("ohno-hints-{}-{}", std::process::id(), now()));
+        let a = Allocator::new(kv, "/ohno", "node-a").with_block_hints(dir.clone(), 7);
+        let b = Allocator::new(kv, "/ohno", "node-b");
+        let mut seen = HashSet::new();
+        for i in 0..3 {
+            let r = a
+                .allocate(&owner(&format!("h{i}"), "node-a"), &[Want::any(&p)])
+                .unwrap();
+            assert!(seen.insert(addr(&r)), "duplicate {}", addr(&r));
+        }
+        let own = a.own_blocks(&p).unwrap();
+        assert_eq!(own.len(), 1);
+        let hint_file = a.hint_path("default").unwrap();
+        let hint = std::fs::read_to_string(&hint_file).unwrap();
+        assert_eq!(hint.trim(), crate::ipam::keys::block_id(&own[0].0));
+        // A hint naming another node's block (and garbage) changes nothing.
+        let rb = b
+            .allocate(&owner("hb", "node-b"), &[Want::any(&p)])
+            .unwrap();
+        let b_block = Cidr::parse(&rb.ips[0].block).unwrap();
+        std::fs::write(
+            &hint_file,
+            format!("{}\nnot-a-block\n", crate::ipam::keys::block_id(&b_block)),
+        )
+        .unwrap();
+        let r = a
+            .allocate(&owner("h9", "node-a"), &[Want::any(&p)])
+            .unwrap();
+        assert_eq!(r.ips[0].block, own[0].0.to_string());
+        assert!(seen.insert(addr(&r)), "duplicate {}", addr(&r));
+        assert_ne!(addr(&r), addr(&rb));
+        let hint = std::fs::read_to_string(&hint_file).unwrap();
+        assert_eq!(hint.trim(), crate::ipam::keys::block_id(&own[0].0));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     pub fn conflicts_are_retried(kv: &dyn Kv, inject: &dyn Fn(u32)) {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(kv, "/ohno", "node-a");
@@ -907,6 +1045,7 @@ pub(crate) mod suite {
         requested_address_is_honoured_or_refused(&*kv_factory());
         pool_mismatch_between_nodes_is_code_7(&*kv_factory());
         nodes_get_separate_blocks(&*kv_factory());
+        block_hints_are_kept_and_a_wrong_hint_is_harmless(&*kv_factory());
     }
 }
 
