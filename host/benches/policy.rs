@@ -763,8 +763,8 @@ fn breakdown(report: &mut Report) {
         "step, median of 100 µs",
         "read .wasm",
         "cache key (sha256)",
-        "read+verify entry",
-        "deserialize",
+        "verify entry",
+        "deserialize_file",
         "check_contract",
         "Σ",
         "WASI linker",
@@ -785,11 +785,11 @@ fn breakdown(report: &mut Report) {
             wasm::cache::key(&engine, &bytes);
         });
         let entry_t = repeat(|| {
-            wasm::cache::read(&entry).expect("a valid cache entry");
+            assert!(wasm::cache::verify(&entry), "a valid cache entry");
         });
-        // SAFETY: `payload` is a verified entry that `Component::serialize`
-        // wrote for this engine's configuration (what the plugin loads).
-        let deser = || unsafe { Component::deserialize(&engine, &payload) };
+        // SAFETY: `entry` is a verified entry that `Component::serialize` wrote
+        // for this engine's configuration (what the plugin loads).
+        let deser = || unsafe { Component::deserialize_file(&engine, &entry) };
         let deser_t = repeat(|| {
             deser().expect("deserialize");
         });
@@ -835,8 +835,8 @@ fn breakdown(report: &mut Report) {
         "## 4. Where the load goes\n\n\
          `load_component` with a warm cache, step by step (one engine): read the \
          component file, the cache key (sha256 of the component and the engine's \
-         compatibility hash), read the entry and verify its length and checksum \
-         (and copy the payload), `Component::deserialize` of the payload, \
+         compatibility hash), read the entry and verify its trailer (length and \
+         checksum), `Component::deserialize_file` (wasmtime maps the entry), \
          `check_contract`. Then the linker every ADD builds (WASI p2 sync; the \
          plugin adds the ohno:policy host imports to it) and instantiation in a \
          fresh store (WASI context, fuel, epoch deadline; the ohno:policy host \

@@ -275,13 +275,17 @@ pub enum CacheOutcome {
 }
 
 /// The precompile cache: `<cacheDir>/<sha256(component ‖ engine hash)>.cwasm`,
-/// written atomically (temp file + rename), mode 0600, with a header carrying the
-/// payload's length and hash so a truncated or corrupted entry is recompiled
-/// instead of loaded.
+/// written atomically (temp file + rename), mode 0600. An entry is wasmtime's
+/// serialized component followed by a 24-byte trailer (magic, the payload's
+/// length, its checksum), so a truncated or corrupted entry is recompiled instead
+/// of loaded, and a verified entry is handed to wasmtime as the file itself
+/// (`Component::deserialize_file` maps it: no copy, and linear-memory images
+/// map from it too).
 pub mod cache {
     use super::*;
 
-    const MAGIC: &[u8; 8] = b"OHNOCW01";
+    const MAGIC: &[u8; 8] = b"OHNOCW02";
+    const TRAILER: usize = 24;
 
     /// Feeds `Hash` output into SHA-256 (the engine's compatibility hash is only
     /// available as `impl Hash`).
@@ -295,24 +299,44 @@ pub mod cache {
         }
     }
 
-    /// FNV-1a over 8-byte words: catches truncation and corruption of an entry
-    /// (not tampering: the directory is root's) at a fraction of a millisecond for
-    /// the megabytes of a precompiled component, where a byte-wise hash costs
-    /// milliseconds on every ADD.
+    /// FNV-1a over 8-byte words, four lanes: catches truncation and corruption of
+    /// an entry (not tampering: the directory is root's) in well under a
+    /// millisecond for the megabytes of a precompiled component.
     pub fn checksum(payload: &[u8]) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut words = payload.chunks_exact(8);
-        for w in &mut words {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(w);
-            h ^= u64::from_le_bytes(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut lanes: [u64; 4] = [
+            0xcbf2_9ce4_8422_2325,
+            0x8422_2325_cbf2_9ce4,
+            0x9ce4_8422_2325_cbf2,
+            0x2325_cbf2_9ce4_8422,
+        ];
+        let mut chunks = payload.chunks_exact(32);
+        for c in &mut chunks {
+            for (lane, w) in lanes.iter_mut().zip(c.chunks_exact(8)) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(w);
+                *lane = (*lane ^ u64::from_le_bytes(b)).wrapping_mul(PRIME);
+            }
         }
-        for &b in words.remainder() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        let mut h = lanes
+            .iter()
+            .fold(0u64, |h, l| (h ^ l).wrapping_mul(PRIME).rotate_left(23));
+        for &b in chunks.remainder() {
+            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
         }
         h ^ payload.len() as u64
+    }
+
+    /// The payload of a raw entry, if its trailer and checksum hold.
+    fn payload(raw: &[u8]) -> Option<&[u8]> {
+        let body = raw.len().checked_sub(TRAILER)?;
+        let (payload, trailer) = raw.split_at(body);
+        if &trailer[..8] != MAGIC {
+            return None;
+        }
+        let len = u64::from_le_bytes(trailer[8..16].try_into().ok()?);
+        let sum = u64::from_le_bytes(trailer[16..24].try_into().ok()?);
+        (payload.len() as u64 == len && checksum(payload) == sum).then_some(payload)
     }
 
     /// The cache key of `component` for `engine`.
@@ -327,19 +351,15 @@ pub mod cache {
         dir.join(format!("{key}.cwasm"))
     }
 
-    /// Read an entry; None if missing or damaged.
+    /// Read an entry's payload; None if missing or damaged.
     pub fn read(path: &Path) -> Option<Vec<u8>> {
         let raw = std::fs::read(path).ok()?;
-        if raw.len() < 24 || &raw[..8] != MAGIC {
-            return None;
-        }
-        let len = u64::from_le_bytes(raw[8..16].try_into().ok()?) as usize;
-        let sum = u64::from_le_bytes(raw[16..24].try_into().ok()?);
-        let payload = &raw[24..];
-        if payload.len() != len || checksum(payload) != sum {
-            return None;
-        }
-        Some(payload.to_vec())
+        payload(&raw).map(<[u8]>::to_vec)
+    }
+
+    /// True when the entry at `path` is whole and undamaged.
+    pub fn verify(path: &Path) -> bool {
+        std::fs::read(path).is_ok_and(|raw| payload(&raw).is_some())
     }
 
     /// Write an entry atomically, mode 0600, directory 0700.
@@ -360,13 +380,13 @@ pub mod cache {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        let mut header = Vec::with_capacity(24);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        header.extend_from_slice(&checksum(payload).to_le_bytes());
+        let mut trailer = Vec::with_capacity(TRAILER);
+        trailer.extend_from_slice(MAGIC);
+        trailer.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        trailer.extend_from_slice(&checksum(payload).to_le_bytes());
         let written = f
-            .write_all(&header)
-            .and_then(|_| f.write_all(payload))
+            .write_all(payload)
+            .and_then(|_| f.write_all(&trailer))
             .and_then(|_| f.sync_all());
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
@@ -402,8 +422,9 @@ pub fn load_component(
     if entry.exists() {
         // SAFETY: the entry was written by `cache::write` from `Component::serialize`
         // for an engine with the same compatibility hash (it is in the key), and its
-        // length and checksum are verified before use; the directory is root's, 0700.
-        match cache::read(&entry).map(|payload| unsafe { Component::deserialize(engine, payload) })
+        // length and checksum are verified before use; the directory is root's, 0700,
+        // and entries are only ever replaced by rename, never written in place.
+        match cache::verify(&entry).then(|| unsafe { Component::deserialize_file(engine, &entry) })
         {
             Some(Ok(c)) => {
                 log::debug!("policy {name}: loaded from cache {}", entry.display());
@@ -493,7 +514,6 @@ pub fn describe(engine: &Engine, component: &Component) -> (Vec<String>, Vec<Str
 /// A loaded, configured policy component for one ADD.
 pub struct WasmPolicy {
     name: String,
-    engine: Engine,
     store: Store<HostState>,
     instance: PolicyWorld,
     conf: PolicyConf,
@@ -503,7 +523,54 @@ pub struct WasmPolicy {
     logged: (usize, usize),
     /// Set once a fault was tolerated under failurePolicy "default".
     degraded: bool,
+    watchdog: Watchdog,
     pub cache: CacheOutcome,
+}
+
+/// The wall-clock backstop of a policy's calls: one thread per loaded policy
+/// that bumps the engine's epoch (trapping the running call) when an armed
+/// deadline passes. A bump after the call already returned is harmless: every
+/// call sets its own epoch deadline first.
+struct Watchdog {
+    tx: mpsc::Sender<Option<Instant>>,
+}
+
+impl Watchdog {
+    fn start(engine: Engine) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<Option<Instant>>();
+        // Detached: it ends when the policy (the sender) is dropped.
+        let spawned = std::thread::Builder::new()
+            .name("ohno-policy-watchdog".into())
+            .spawn(move || {
+                let mut deadline: Option<Instant> = None;
+                loop {
+                    let msg = match deadline {
+                        None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                        Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                    };
+                    match msg {
+                        Ok(next) => deadline = next,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            engine.increment_epoch();
+                            deadline = None;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("policy watchdog thread: {e}; only the fuel budget bounds calls");
+        }
+        Watchdog { tx }
+    }
+
+    fn arm(&self, deadline: Instant) {
+        let _ = self.tx.send(Some(deadline));
+    }
+
+    fn disarm(&self) {
+        let _ = self.tx.send(None);
+    }
 }
 
 impl WasmPolicy {
@@ -559,7 +626,7 @@ impl WasmPolicy {
             .map_err(|e| fault(&name, format!("instantiate: {}", describe_trap(&e, conf))))?;
         let mut p = WasmPolicy {
             name,
-            engine,
+            watchdog: Watchdog::start(engine),
             store,
             instance,
             conf: conf.clone(),
@@ -586,20 +653,12 @@ impl WasmPolicy {
         what: &str,
         call: impl FnOnce(&PolicyWorld, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R> {
-        // The wall-clock backstop: bump the epoch when the call overruns.
-        let (done, wait) = mpsc::channel::<()>();
-        let engine = self.engine.clone();
-        let timeout = Duration::from_millis(self.conf.timeout_ms);
-        let watchdog = std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(timeout) {
-                engine.increment_epoch();
-            }
-        });
-        self.store.set_epoch_deadline(1);
         let started = Instant::now();
+        let timeout = Duration::from_millis(self.conf.timeout_ms);
+        self.store.set_epoch_deadline(1);
+        self.watchdog.arm(started + timeout);
         let outcome = call(&self.instance, &mut self.store);
-        drop(done);
-        let _ = watchdog.join();
+        self.watchdog.disarm();
         self.flush_output();
         log::debug!(
             "policy {}: {what} took {:.3} ms",
