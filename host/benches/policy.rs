@@ -638,12 +638,7 @@ fn in_process(report: &mut Report) {
                 .expect("allocate a filler address");
         }
     }
-    let view = || HostView {
-        kv: kv.clone(),
-        prefix: "/ohno".into(),
-        node: "node-a".into(),
-        pools: net.ipam.pools.clone(),
-    };
+    let view = || HostView::new(kv.clone(), "/ohno", "node-a", net.ipam.pools.clone());
     let pod = ohno::policy::Pod {
         container_id: "bench-container".into(),
         ifname: "eth0".into(),

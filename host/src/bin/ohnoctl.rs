@@ -380,12 +380,7 @@ fn offline_view(
             )?;
         }
     }
-    let view = ohno::policy::wasm::HostView {
-        kv,
-        prefix: "/ohno".into(),
-        node: node.into(),
-        pools: confs.clone(),
-    };
+    let view = ohno::policy::wasm::HostView::new(kv, "/ohno", node, confs.clone());
     Ok((confs, view))
 }
 

@@ -146,12 +146,12 @@ pub fn load(conf: &NetConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
 
 #[cfg(feature = "wasm")]
 fn load_wasm(conf: &NetConf, pc: &conf::PolicyConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
-    let view = wasm::HostView {
+    let view = wasm::HostView::new(
         kv,
-        prefix: conf.ipam.store.prefix().to_string(),
-        node: conf.node.clone(),
-        pools: conf.ipam.pools.clone(),
-    };
+        conf.ipam.store.prefix(),
+        &conf.node,
+        conf.ipam.pools.clone(),
+    );
     match wasm::WasmPolicy::load(pc, view) {
         Ok(p) => Ok(Box::new(p)),
         Err(e) if pc.failure_policy == conf::FailurePolicy::Default => {

@@ -109,16 +109,33 @@ pub fn engine() -> Result<Engine> {
     })
 }
 
-/// The read-only view of the store a policy's `host` imports answer from.
+/// This node's blocks of a pool with their used sets, as the view first read them.
+type OwnBlocks = Vec<(crate::ipam::cidr::Cidr, BTreeSet<u128>)>;
+
+/// The read-only view of the store a policy's `host` imports answer from. Each
+/// pool's blocks are read once per view (one ADD) and remembered: a policy that
+/// walks the free addresses one call at a time costs no further store reads.
+/// The allocation transaction, not the view, has the final word on freedom.
 #[derive(Clone)]
 pub struct HostView {
-    pub kv: Arc<dyn Kv>,
-    pub prefix: String,
-    pub node: String,
-    pub pools: Vec<PoolConf>,
+    kv: Arc<dyn Kv>,
+    prefix: String,
+    node: String,
+    pools: Vec<PoolConf>,
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<OwnBlocks>>>>,
 }
 
 impl HostView {
+    pub fn new(kv: Arc<dyn Kv>, prefix: &str, node: &str, pools: Vec<PoolConf>) -> HostView {
+        HostView {
+            kv,
+            prefix: prefix.to_string(),
+            node: node.to_string(),
+            pools,
+            seen: Default::default(),
+        }
+    }
+
     fn pool(&self, name: &str) -> Option<&PoolConf> {
         self.pools.iter().find(|p| p.name == name)
     }
@@ -127,21 +144,33 @@ impl HostView {
         Allocator::new(&*self.kv, &self.prefix, &self.node)
     }
 
-    /// This node's blocks of `pool` with their used sets.
-    fn own(&self, pool: &PoolConf) -> Vec<(crate::ipam::cidr::Cidr, BTreeSet<u128>)> {
+    /// This node's blocks of `pool` with their used sets (read once per view).
+    fn own(&self, pool: &PoolConf) -> Arc<OwnBlocks> {
+        let mut seen = match self.seen.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(own) = seen.get(&pool.name) {
+            return own.clone();
+        }
         let alloc = self.allocator();
         let mut blocks: Vec<_> = match alloc.own_blocks(pool) {
             Ok(b) => b.into_iter().map(|(b, _)| b).collect(),
             Err(e) => {
+                // Not remembered: the next call tries the store again.
                 log::warn!("policy view: read blocks of {}: {e}", pool.name);
-                return Vec::new();
+                return Arc::new(Vec::new());
             }
         };
         blocks.sort();
-        blocks
-            .into_iter()
-            .filter_map(|b| alloc.used(pool, &b).ok().map(|u| (b, u)))
-            .collect()
+        let own: Arc<OwnBlocks> = Arc::new(
+            blocks
+                .into_iter()
+                .filter_map(|b| alloc.used(pool, &b).ok().map(|u| (b, u)))
+                .collect(),
+        );
+        seen.insert(pool.name.clone(), own.clone());
+        own
     }
 
     pub fn next_free(&self, pool: &str, after: Option<IpAddr>) -> Option<IpAddr> {
@@ -285,6 +314,7 @@ pub mod cache {
     use super::*;
 
     const MAGIC: &[u8; 8] = b"OHNOCW02";
+    const INDEX_MAGIC: &str = "ohno-policy-cache-index-1";
     const TRAILER: usize = 24;
 
     /// Feeds `Hash` output into SHA-256 (the engine's compatibility hash is only
@@ -347,6 +377,51 @@ pub mod cache {
         h.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The cache key of the component at `path`, remembered in `dir` against the
+    /// file's identity (device, inode, size, modification and change times — the
+    /// change time cannot be set back) and the engine, so a warm ADD does not read
+    /// and hash the component. Returns the bytes when it had to read them.
+    pub fn key_of_file(
+        engine: &Engine,
+        path: &Path,
+        dir: &Path,
+    ) -> std::io::Result<(String, Option<Vec<u8>>)> {
+        use std::os::unix::fs::MetadataExt;
+        // The identity is taken before the bytes are read: a file changed in
+        // between is remembered under an identity it no longer has.
+        let m = std::fs::metadata(path)?;
+        let identity = format!(
+            "{}:{}:{}:{}.{}:{}.{}",
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        );
+        let mut tag = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut tag);
+        let head = format!("{INDEX_MAGIC}\n{identity}\n{:016x}\n", tag.finish());
+        let index = dir.join(format!(
+            "index-{:016x}",
+            crate::ipam::fnv1a64(&[path.as_os_str().as_encoded_bytes()])
+        ));
+        if let Ok(text) = std::fs::read_to_string(&index) {
+            if let Some(key) = text.strip_prefix(&head).map(str::trim) {
+                if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Ok((key.to_string(), None));
+                }
+            }
+        }
+        let bytes = std::fs::read(path)?;
+        let key = key(engine, &bytes);
+        if let Err(e) = write_atomic(dir, &index, &[format!("{head}{key}\n").as_bytes()]) {
+            log::debug!("policy cache index {}: {e}", index.display());
+        }
+        Ok((key, Some(bytes)))
+    }
+
     pub fn entry(dir: &Path, key: &str) -> PathBuf {
         dir.join(format!("{key}.cwasm"))
     }
@@ -364,6 +439,16 @@ pub mod cache {
 
     /// Write an entry atomically, mode 0600, directory 0700.
     pub fn write(dir: &Path, path: &Path, payload: &[u8]) -> std::io::Result<()> {
+        let mut trailer = Vec::with_capacity(TRAILER);
+        trailer.extend_from_slice(MAGIC);
+        trailer.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        trailer.extend_from_slice(&checksum(payload).to_le_bytes());
+        write_atomic(dir, path, &[payload, &trailer])
+    }
+
+    /// Write `parts` to `path` atomically (temp file, fsync, rename), mode 0600,
+    /// creating `dir` with mode 0700.
+    fn write_atomic(dir: &Path, path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         std::fs::DirBuilder::new()
@@ -380,13 +465,9 @@ pub mod cache {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        let mut trailer = Vec::with_capacity(TRAILER);
-        trailer.extend_from_slice(MAGIC);
-        trailer.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        trailer.extend_from_slice(&checksum(payload).to_le_bytes());
-        let written = f
-            .write_all(payload)
-            .and_then(|_| f.write_all(&trailer))
+        let written = parts
+            .iter()
+            .try_for_each(|p| f.write_all(p))
             .and_then(|_| f.sync_all());
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
@@ -414,9 +495,8 @@ pub fn load_component(
     cache_dir: &Path,
 ) -> Result<(Component, CacheOutcome)> {
     let name = path.display().to_string();
-    let bytes =
-        std::fs::read(path).map_err(|e| fault(&name, format!("read the component: {e}")))?;
-    let key = cache::key(engine, &bytes);
+    let read_err = |e: std::io::Error| fault(&name, format!("read the component: {e}"));
+    let (key, bytes) = cache::key_of_file(engine, path, cache_dir).map_err(read_err)?;
     let entry = cache::entry(cache_dir, &key);
     let mut outcome = CacheOutcome::Compiled;
     if entry.exists() {
@@ -442,6 +522,10 @@ pub fn load_component(
         }
         outcome = CacheOutcome::Replaced;
     }
+    let bytes = match bytes {
+        Some(b) => b,
+        None => std::fs::read(path).map_err(read_err)?,
+    };
     let started = Instant::now();
     let component = Component::new(engine, &bytes)
         .map_err(|e| fault(&name, format!("not a valid WebAssembly component: {e:#}")))?;
@@ -862,6 +946,35 @@ mod tests {
             cache::read(&path).is_none(),
             "corrupted entry must not load"
         );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_key_of_an_unchanged_file_is_remembered_and_a_changed_file_rehashed() {
+        let dir = std::env::temp_dir().join(format!("ohno-keyidx-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.wasm");
+        let cache_dir = dir.join("cache");
+        std::fs::write(&file, b"component one").unwrap();
+        let e = engine().unwrap();
+        let (k1, bytes) = cache::key_of_file(&e, &file, &cache_dir).unwrap();
+        assert_eq!(k1, cache::key(&e, b"component one"));
+        assert_eq!(bytes.as_deref(), Some(&b"component one"[..]));
+        let (again, bytes) = cache::key_of_file(&e, &file, &cache_dir).unwrap();
+        assert_eq!(again, k1);
+        assert!(bytes.is_none(), "an unchanged file is not read again");
+        // Same size, new content: the change time moves, so it is hashed again.
+        std::fs::write(&file, b"component two").unwrap();
+        let (k2, bytes) = cache::key_of_file(&e, &file, &cache_dir).unwrap();
+        assert_eq!(k2, cache::key(&e, b"component two"));
+        assert!(bytes.is_some());
+        // Another engine configuration never reuses the remembered key.
+        let mut other = Config::new();
+        other.consume_fuel(false);
+        let e2 = Engine::new(&other).unwrap();
+        let (k3, _) = cache::key_of_file(&e2, &file, &cache_dir).unwrap();
+        assert_eq!(k3, cache::key(&e2, b"component two"));
+        assert_ne!(k3, k2);
         std::fs::remove_dir_all(dir).ok();
     }
 
