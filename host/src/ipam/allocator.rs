@@ -344,7 +344,7 @@ impl<'a> Allocator<'a> {
             let used: Vec<(Cidr, &[KeyValue])> = hint
                 .iter()
                 .zip(&snapshot[at + 2..at + 2 + hint.len()])
-                .map(|(b, kvs)| (b.clone(), kvs.as_slice()))
+                .map(|(b, kvs)| (*b, kvs.as_slice()))
                 .collect();
             at += 2 + hint.len();
             if w.address.is_none() {
