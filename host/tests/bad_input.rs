@@ -115,3 +115,36 @@ fn check_with_cni_version_0_3_1_is_an_incompatible_version_error() {
         1,
     );
 }
+
+#[test]
+fn requested_ip_with_a_malformed_prefix_is_an_environment_error() {
+    let node = Node::new();
+    let pod = Pod::new();
+    for ip in ["10.85.0.5/garbage", "10.85.0.5/33", "10.85.0.5/"] {
+        let mut inv = Invocation::ohno("ADD", &pod);
+        inv.args = format!("IP={ip}");
+        let msg = rejected(&node, &inv, &node.ohno_conf("1.1.0").to_string(), 4);
+        assert!(msg.contains("CNI_ARGS"), "{ip}: {msg:?}");
+    }
+    assert_eq!(pod.ns.link_names(), vec!["lo".to_owned()]);
+}
+
+#[test]
+fn etcd_endpoint_with_a_path_or_no_port_is_an_invalid_config_naming_it() {
+    let node = Node::new();
+    let pod = Pod::new();
+    for endpoint in [
+        "http://127.0.0.1:2379/v3/kv",
+        "http://127.0.0.1",
+        "http://127.0.0.1:99999",
+        "http://user@127.0.0.1:2379",
+    ] {
+        let mut conf = node.ohno_conf("1.1.0");
+        conf["ipam"]["store"] = json!({"type": "etcd", "endpoints": [endpoint]});
+        let msg = rejected(&node, &Invocation::ohno("ADD", &pod), &conf.to_string(), 7);
+        assert!(
+            msg.contains("ipam.store.endpoints[0]"),
+            "{endpoint}: msg does not name the field: {msg:?}"
+        );
+    }
+}

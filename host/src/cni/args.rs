@@ -49,11 +49,8 @@ impl CniArgs {
                 "K8S_POD_INFRA_CONTAINER_ID" => out.infra_container_id = Some(v.to_string()),
                 "IP" => {
                     for ip in v.split(',').filter(|s| !s.is_empty()) {
-                        // Accept "10.0.0.5" and "10.0.0.5/24" (the prefix comes from the pool).
-                        let addr = ip.split('/').next().unwrap_or(ip);
-                        let parsed = addr
-                            .parse::<IpAddr>()
-                            .map_err(|_| bad(format!("IP={ip:?} is not an IP address")))?;
+                        let parsed = parse_requested_ip(ip)
+                            .ok_or_else(|| bad(format!("IP={ip:?} is not an IP address")))?;
                         out.ips.push(parsed);
                     }
                 }
@@ -67,6 +64,24 @@ impl CniArgs {
             )));
         }
         Ok(out)
+    }
+}
+
+/// A requested address: `10.0.0.5`, or `10.0.0.5/24` with a prefix length that
+/// fits the family (the prefix itself comes from the pool and is ignored).
+pub(crate) fn parse_requested_ip(s: &str) -> Option<IpAddr> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip = addr.parse::<IpAddr>().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    match prefix {
+        None => Some(ip),
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() && p.len() <= 3 => {
+            p.parse::<u8>().ok().filter(|n| *n <= max).map(|_| ip)
+        }
+        Some(_) => None,
     }
 }
 
@@ -99,6 +114,16 @@ mod tests {
         let a = CniArgs::parse("IP=10.85.0.9/16,fd00::9").unwrap();
         assert_eq!(a.ips.len(), 2);
         assert_eq!(CniArgs::parse("IP=nope").unwrap_err().code(), 4);
+        for bad in [
+            "IP=10.0.0.5/garbage",
+            "IP=10.0.0.5/33",
+            "IP=10.0.0.5/",
+            "IP=fd00::1/129",
+            "IP=10.0.0.5/24/1",
+        ] {
+            assert_eq!(CniArgs::parse(bad).unwrap_err().code(), 4, "{bad}");
+        }
+        assert_eq!(CniArgs::parse("IP=10.0.0.5/32").unwrap().ips.len(), 1);
     }
 
     #[test]

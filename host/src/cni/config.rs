@@ -649,10 +649,18 @@ fn parse_etcd(raw: Option<&RawStore>, prefix: String) -> Result<StoreConf> {
                     format!("{e:?} must start with https:// or http://"),
                 )
             })?;
-        if rest.is_empty() || rest.contains('/') && !rest.ends_with('/') {
+        // host:port, optionally one trailing '/'; no path, user or query.
+        let hostport = rest.strip_suffix('/').unwrap_or(rest);
+        let valid = hostport.rsplit_once(':').is_some_and(|(host, port)| {
+            let host_ok = !host.is_empty()
+                && !host.contains(['/', '@', '?', '#', ' '])
+                && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
+            host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !valid {
             return Err(Error::config(
                 format!("ipam.store.endpoints[{i}]"),
-                format!("{e:?} is not host:port"),
+                format!("{e:?} is not scheme://host:port"),
             ));
         }
     }
@@ -698,10 +706,8 @@ fn parse_requests(raw: &RawNetConf, env_ips: &[IpAddr]) -> Result<Requests> {
     let rc = raw.runtime_config.clone().unwrap_or_default();
     let mut ips: Vec<IpAddr> = Vec::new();
     let mut push = |field: &str, s: &str| -> Result<()> {
-        let addr = s.split('/').next().unwrap_or(s);
-        let ip = addr
-            .parse::<IpAddr>()
-            .map_err(|_| Error::config(field, format!("{s:?} is not an IP address")))?;
+        let ip = super::args::parse_requested_ip(s)
+            .ok_or_else(|| Error::config(field, format!("{s:?} is not an IP address")))?;
         if !ips.contains(&ip) {
             ips.push(ip);
         }
