@@ -34,16 +34,16 @@
 mod common;
 #[path = "../tests/etcd_support/mod.rs"]
 mod etcd_support;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -62,6 +62,10 @@ use ohno::store::etcd::EtcdStore;
 use ohno::store::local::LocalStore;
 use ohno::store::{Kv, Txn};
 use serde_json::{json, Value};
+use support::{
+    checkpoint, env_usize, install_signal_handlers, loadavg, ms, p50, p95, percentile, verdict,
+    Report, Table,
+};
 
 /// A plugin call that takes longer than this is killed (by its PID).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,22 +87,6 @@ const NODES: [&str; 4] = ["node-a", "node-b", "node-c", "node-d"];
 
 // ------------------------------------------------------------------ signals
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT/SIGTERM/SIGHUP set a flag that [`checkpoint`] turns into a panic,
-/// so the guards (namespaces, cluster, directories) run on the way out.
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
-    }
-}
-
 /// Removes, after every other guard has run, the directories the harness
 /// keeps for diagnosis when a run panics: on an interrupt there is nothing
 /// to diagnose. (A failed run keeps them, and the harness names them.)
@@ -109,18 +97,12 @@ struct SweepOnInterrupt {
 
 impl Drop for SweepOnInterrupt {
     fn drop(&mut self) {
-        if STOP.load(Ordering::SeqCst) {
+        if support::interrupted() {
             for dir in &self.dirs {
                 let _ = std::fs::remove_dir_all(dir);
             }
             eprintln!("bench: interrupted; removed {:?}", self.dirs);
         }
-    }
-}
-
-fn checkpoint() {
-    if STOP.load(Ordering::SeqCst) {
-        panic!("interrupted by a signal: cleaning up before exiting");
     }
 }
 
@@ -337,7 +319,7 @@ fn finish_all(mut runs: Vec<Running>, timeout: Duration) -> Vec<Done> {
             break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || STOP.load(Ordering::SeqCst) {
+        if left.is_zero() || support::interrupted() {
             for (i, r) in runs.iter_mut().enumerate() {
                 if done[i].is_none() {
                     let _ = r.child.kill();
@@ -635,17 +617,6 @@ fn reference_conf(node: &Node) -> Value {
 
 // ------------------------------------------------------------------ stats
 
-/// Nearest-rank percentile, in milliseconds.
-fn percentile(samples: &[Duration], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
-}
-
 /// Samples in milliseconds (0.01 ms), for `samples.json`.
 fn samples_ms(s: &[Duration]) -> Value {
     s.iter()
@@ -653,138 +624,11 @@ fn samples_ms(s: &[Duration]) -> Value {
         .collect()
 }
 
-fn p50(s: &[Duration]) -> f64 {
-    percentile(s, 50.0)
-}
-
-fn p95(s: &[Duration]) -> f64 {
-    percentile(s, 95.0)
-}
-
-fn ms(v: f64) -> String {
-    format!("{v:.2}")
-}
-
 fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}×", a / b)
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "**missed**"
-    }
-}
-
-/// A Markdown table, padded so it also reads well in a terminal.
-struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(headers: &[&str]) -> Table {
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn render(&self) -> String {
-        let width = |i: usize| {
-            self.rows
-                .iter()
-                .filter_map(|r| r.get(i))
-                .chain(std::iter::once(&self.headers[i]))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        };
-        let widths: Vec<usize> = (0..self.headers.len()).map(width).collect();
-        let line = |cells: &[String]| {
-            let mut s = String::from("|");
-            for (i, w) in widths.iter().enumerate() {
-                let c = cells.get(i).map(String::as_str).unwrap_or("");
-                let pad = w - c.chars().count();
-                if i == 0 {
-                    let _ = write!(s, " {c}{} |", " ".repeat(pad));
-                } else {
-                    let _ = write!(s, " {}{c} |", " ".repeat(pad));
-                }
-            }
-            s.push('\n');
-            s
-        };
-        let mut out = line(&self.headers);
-        out.push('|');
-        for (i, w) in widths.iter().enumerate() {
-            if i == 0 {
-                let _ = write!(out, ":{}|", "-".repeat(w + 1));
-            } else {
-                let _ = write!(out, "{}:|", "-".repeat(w + 1));
-            }
-        }
-        out.push('\n');
-        for r in &self.rows {
-            out.push_str(&line(r));
-        }
-        out
-    }
-}
-
-/// The report, printed section by section as it is produced.
-struct Report {
-    text: String,
-}
-
-impl Report {
-    fn add(&mut self, s: &str) {
-        print!("{s}");
-        let _ = std::io::stdout().flush();
-        self.text.push_str(s);
-    }
-
-    fn para(&mut self, s: &str) {
-        self.add(&format!("{s}\n\n"));
-    }
-
-    fn table(&mut self, t: &Table) {
-        self.add(&format!("{}\n", t.render()));
-    }
-}
-
 // ------------------------------------------------------------------ machine
-
-fn machine() -> String {
-    let nproc = thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_else(|| "unknown".into());
-    format!(
-        "Machine: nproc {nproc}, kernel {}, CPU {cpu}; load average at start {}",
-        kernel.trim(),
-        loadavg()
-    )
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 fn first_line_of(program: &str, args: &[&str]) -> String {
     Command::new(program)
@@ -1283,26 +1127,6 @@ fn settle(node: &Node) {
     }
 }
 
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
-
-/// `target/bench/report.md`, next to the bench executable's target dir
-/// (`target/release/deps/cni-*`), so `CARGO_TARGET_DIR` is honoured.
-fn report_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    target.join("bench").join("report.md")
-}
-
 // ------------------------------------------------------------------ main
 
 fn main() {
@@ -1318,12 +1142,10 @@ fn main() {
     let mut problems: Vec<String> = Vec::new();
     // Every sample, in the order taken: `target/bench/samples.json`.
     let mut samples = serde_json::Map::new();
-    let mut report = Report {
-        text: String::new(),
-    };
+    let mut report = Report::new();
 
     report.add("# Ohno CNI benchmark\n\n");
-    report.para(&machine());
+    report.para(&support::machine(" at start"));
     report.para(&format!(
         "Plugins: ohno `{}`; reference `bridge` + `host-local` from {REFERENCE_PLUGINS} \
          (containernetworking-plugins {}); {} (3 members, mutual TLS).",
@@ -1827,7 +1649,7 @@ fn main() {
         bench_started.elapsed().as_secs_f64()
     ));
 
-    let path = report_path();
+    let path = support::report_path("report.md");
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

@@ -30,14 +30,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
-use std::fmt::Write as _;
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,9 @@ use ohno::net::netns::NetNs as NsHandle;
 use ohno::policy::wasm::{self, HostView, PolicyConf, WasmPolicy};
 use ohno::policy::{Family, Policy};
 use serde_json::{json, Value};
+use support::{
+    checkpoint, env_usize, install_signal_handlers, loadavg, ms, p50, p95, verdict, Report, Table,
+};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::Store;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -61,26 +64,6 @@ const TARGET_RATIO: f64 = 1.1;
 const TARGET_EXTRA_MS: f64 = 2.0;
 
 // ------------------------------------------------------------------ signals
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe { libc::signal(sig, handler as libc::sighandler_t) };
-    }
-}
-
-fn checkpoint() {
-    if STOP.load(Ordering::SeqCst) {
-        panic!("interrupted by a signal: cleaning up before exiting");
-    }
-}
 
 // ------------------------------------------------------------------ setup
 
@@ -266,39 +249,8 @@ fn tail(s: &str, max: usize) -> &str {
 
 // ------------------------------------------------------------------ stats
 
-/// Nearest-rank percentile, in milliseconds.
-fn percentile(samples: &[Duration], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
-}
-
-fn p50(s: &[Duration]) -> f64 {
-    percentile(s, 50.0)
-}
-
-fn p95(s: &[Duration]) -> f64 {
-    percentile(s, 95.0)
-}
-
-fn ms(v: f64) -> String {
-    format!("{v:.2}")
-}
-
 fn us(v: f64) -> String {
     format!("{:.1}", v * 1e3)
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "**missed**"
-    }
 }
 
 /// `f` run `REPS` times; the samples.
@@ -310,135 +262,6 @@ fn repeat(mut f: impl FnMut()) -> Vec<Duration> {
             t.elapsed()
         })
         .collect()
-}
-
-/// A Markdown table, padded so it also reads well in a terminal.
-struct Table {
-    headers: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(headers: &[&str]) -> Table {
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn render(&self) -> String {
-        let widths: Vec<usize> = (0..self.headers.len())
-            .map(|i| {
-                self.rows
-                    .iter()
-                    .filter_map(|r| r.get(i))
-                    .chain(std::iter::once(&self.headers[i]))
-                    .map(|c| c.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: &[String]| {
-            let mut s = String::from("|");
-            for (i, w) in widths.iter().enumerate() {
-                let c = cells.get(i).map(String::as_str).unwrap_or("");
-                let pad = " ".repeat(w - c.chars().count());
-                if i == 0 {
-                    let _ = write!(s, " {c}{pad} |");
-                } else {
-                    let _ = write!(s, " {pad}{c} |");
-                }
-            }
-            s.push('\n');
-            s
-        };
-        let mut out = line(&self.headers);
-        out.push('|');
-        for (i, w) in widths.iter().enumerate() {
-            let dashes = "-".repeat(w + 1);
-            if i == 0 {
-                let _ = write!(out, ":{dashes}|");
-            } else {
-                let _ = write!(out, "{dashes}:|");
-            }
-        }
-        out.push('\n');
-        for r in &self.rows {
-            out.push_str(&line(r));
-        }
-        out
-    }
-}
-
-/// The report, printed section by section as it is produced.
-struct Report {
-    text: String,
-}
-
-impl Report {
-    fn add(&mut self, s: &str) {
-        print!("{s}");
-        let _ = std::io::stdout().flush();
-        self.text.push_str(s);
-    }
-
-    fn para(&mut self, s: &str) {
-        self.add(&format!("{s}\n\n"));
-    }
-
-    fn table(&mut self, t: &Table) {
-        self.add(&format!("{}\n", t.render()));
-    }
-}
-
-/// `target/bench/policy.md`, next to the bench executable's target dir
-/// (`target/release/deps/policy-*`), so `CARGO_TARGET_DIR` is honoured.
-fn report_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("target"))
-        .join("bench")
-        .join("policy.md")
-}
-
-fn machine() -> String {
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_else(|| "unknown".into());
-    format!(
-        "Machine: nproc {nproc}, kernel {}, CPU {cpu}; load average {}",
-        kernel.trim(),
-        loadavg()
-    )
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
 }
 
 // ------------------------------------------------------------------ tables
@@ -852,11 +675,9 @@ fn main() {
     let started = Instant::now();
     let n = env_usize("OHNO_BENCH_N", 30);
     let mut problems = Vec::new();
-    let mut report = Report {
-        text: String::new(),
-    };
+    let mut report = Report::new();
     report.add("# Ohno policy benchmark\n\n");
-    report.para(&machine());
+    report.para(&support::machine(""));
     report.para(&format!(
         "Plugin: `{}` (release). Components: `target/wasm32-wasip2/release/*.wasm`. \
          N = {n} (`OHNO_BENCH_N`).",
@@ -879,7 +700,7 @@ fn main() {
         started.elapsed().as_secs_f64(),
         loadavg()
     ));
-    let path = report_path();
+    let path = support::report_path("policy.md");
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
