@@ -303,6 +303,21 @@ fn pod_ifname_names_the_host_veth_after_the_pod() {
     assert_eq!(pod.ns.ipv4_addrs("eth0")[0].0, addr);
     let gw = gw.expect("gateway").to_string();
     assert!(pod.ns.ping(&gw), "pod cannot reach its gateway {gw}");
+    let flags = link["flags"].to_string();
+    assert!(flags.contains("\"UP\""), "host veth not up: {link}");
+
+    // A repeated ADD adopts the named pair: same answer, no second pair.
+    let repeated = add_ok(&node, &pod, &conf, &args);
+    assert_eq!(
+        repeated["interfaces"][1]["name"], "prod-web-0",
+        "{repeated}"
+    );
+    assert_eq!(repeated["ips"], r["ips"], "{repeated}");
+    assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
+    assert!(
+        pod.ns.ping(&gw),
+        "pod cannot reach its gateway after a repeated ADD"
+    );
 
     // DEL removes it; the pod (a new container) comes back under the same name.
     del_ok(&node, &pod, &conf, &args, &r);

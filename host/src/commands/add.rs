@@ -40,19 +40,33 @@ pub fn run(inv: &Invocation) -> Result<Value> {
     let alloc = Allocator::from_conf(&*kv, conf);
     let id = inv.attachment_id();
 
-    // Decide the host name (policy), then allocate and plumb at once: the
-    // allocation waits on the store (for etcd, network round trips), the links
-    // on the kernel, and neither needs the other until addresses go on.
-    let mut policy = policy::load(conf, kv.clone())?;
+    // Two threads. The decider loads the policy, decides the host-side name
+    // (and passes it on), then allocates: it waits on the component's start-up
+    // and on the store (for etcd, network round trips). This thread makes the
+    // bridge and the veth pair meanwhile: the kernel's work. Neither needs the
+    // other until the addresses go on.
     let alias = format!("{}/{}", env.container_id, env.ifname);
-    let host_name = decide_host_name(&mut *policy, &pod, &alias)?;
     let mut made = Made::default();
+    let (named_tx, named_rx) = std::sync::mpsc::channel::<Option<String>>();
+    let (kv, alloc, pod, alias_ref) = (&kv, &alloc, &pod, &alias);
     let (allocated, plumbed) = std::thread::scope(|s| {
-        let allocation = s.spawn(|| allocate(&alloc, inv, &pod, &mut *policy));
-        let plumbed = plumb(inv, &netns, host_name.as_deref(), &mut made);
-        let allocated = allocation
+        let decider = s.spawn(move || {
+            let mut policy = policy::load(conf, kv.clone())?;
+            let name = decide_host_name(&mut *policy, pod, alias_ref)?;
+            // A closed channel (any early return above) tells plumb to stop.
+            let _ = named_tx.send(name);
+            drop(named_tx);
+            allocate(alloc, inv, pod, &mut *policy)
+        });
+        let naming = if conf.policy.is_some() {
+            HostNaming::Pending(&named_rx)
+        } else {
+            HostNaming::Default
+        };
+        let plumbed = plumb(inv, &netns, naming, &mut made);
+        let allocated = decider
             .join()
-            .unwrap_or_else(|_| Err(Error::Store("the allocation thread panicked".into())));
+            .unwrap_or_else(|_| Err(Error::Store("the policy/allocation thread panicked".into())));
         (allocated, plumbed)
     });
     // Only addresses this ADD took are released on failure: not when the
@@ -97,7 +111,7 @@ pub fn run(inv: &Invocation) -> Result<Value> {
                     log::warn!("undo: release addresses of {}: {u}", id.container_id);
                 }
                 // The masquerade chain is the network's; drop it if nobody else uses it.
-                if conf.ip_masq && node_has_no_attachments(&alloc, conf) {
+                if conf.ip_masq && node_has_no_attachments(alloc, conf) {
                     if let Err(u) = nft::remove_masquerade(&conf.name) {
                         log::warn!("undo: remove masquerade of {}: {u}", conf.name);
                     }
@@ -209,6 +223,11 @@ fn decide_host_name(policy: &mut dyn Policy, pod: &Pod, alias: &str) -> Result<O
                 policy: policy.name().into(),
                 reason,
             })
+        }
+        // The built-in name, spelled out: the default (whose pair the other
+        // thread may be making right now).
+        Naming::Name(n) if n == default_host_ifname(&pod.container_id, &pod.ifname, 0) => {
+            return Ok(None)
         }
         Naming::Name(n) => n,
     };
@@ -376,10 +395,19 @@ struct Plumbed {
     pod_link: Link,
 }
 
+/// How the host-side name is known to [`plumb`].
+enum HostNaming<'r> {
+    /// No policy: the built-in name.
+    Default,
+    /// A policy decides on the other thread; `None` from it means the built-in
+    /// name, a closed channel that the decision failed.
+    Pending(&'r std::sync::mpsc::Receiver<Option<String>>),
+}
+
 fn plumb(
     inv: &Invocation,
     netns: &NetNs,
-    host_name: Option<&str>,
+    naming: HostNaming<'_>,
     made: &mut Made,
 ) -> Result<Plumbed> {
     let (env, conf) = (&inv.env, &inv.conf);
@@ -392,16 +420,61 @@ fn plumb(
     fault_point("bridge")?;
 
     let alias = format!("{}/{}", env.container_id, env.ifname);
-    let host_veth = create_veth(
-        &mut host,
-        host_name,
-        &alias,
-        inv,
-        netns,
-        mtu,
-        bridge.index,
-        made,
-    )?;
+    let host_veth = match naming {
+        HostNaming::Default => {
+            create_veth(&mut host, None, &alias, inv, netns, mtu, bridge.index, made)?
+        }
+        HostNaming::Pending(decided) => {
+            // Make the pair under the built-in name, down, while the policy
+            // decides; then rename it if the policy chose a name, and set it up.
+            let wait = || {
+                decided
+                    .recv()
+                    .map_err(|_| Error::Store("the policy's naming decision did not arrive".into()))
+            };
+            let first = host.create_veth_as(
+                &default_host_ifname(&env.container_id, &env.ifname, 0),
+                &alias,
+                &env.ifname,
+                netns,
+                mtu,
+                inv.conf.requests.mac,
+                bridge.index,
+                false,
+            );
+            match first {
+                Ok(link) => {
+                    made.veth = Some(link.index);
+                    match wait()? {
+                        Some(name) if name != link.name => host.rename_and_up(link.index, &name)?,
+                        _ => host.set_up(link.index)?,
+                    }
+                    host.link_by_index(link.index)?.ok_or_else(|| {
+                        Error::netlink(
+                            format!("find host veth {}", link.index),
+                            std::io::Error::from_raw_os_error(libc::ENODEV),
+                        )
+                    })?
+                }
+                // Taken (a repeated ADD, a name collision): the careful path,
+                // which adopts this attachment's pair or tries other names.
+                Err(e) if e.is_exists() => {
+                    let name = wait()?;
+                    create_veth(
+                        &mut host,
+                        name.as_deref(),
+                        &alias,
+                        inv,
+                        netns,
+                        mtu,
+                        bridge.index,
+                        made,
+                    )?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
     if conf.hairpin_mode {
         host.set_hairpin(host_veth.index, true)?;
     }

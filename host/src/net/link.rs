@@ -265,6 +265,25 @@ impl Netlink {
         peer_mac: Option<[u8; 6]>,
         master: u32,
     ) -> Result<Link> {
+        self.create_veth_as(
+            host_name, alias, peer_name, peer_ns, mtu, peer_mac, master, true,
+        )
+    }
+
+    /// [`Netlink::create_veth`], leaving the host end down when `up` is false
+    /// (so it can still be renamed: see [`Netlink::rename_and_up`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_veth_as(
+        &mut self,
+        host_name: &str,
+        alias: &str,
+        peer_name: &str,
+        peer_ns: &NetNs,
+        mtu: u32,
+        peer_mac: Option<[u8; 6]>,
+        master: u32,
+        up: bool,
+    ) -> Result<Link> {
         let ctx = format!(
             "create veth {host_name}{} (peer {peer_name} in {})",
             self.in_ns(),
@@ -286,8 +305,10 @@ impl Netlink {
         }
 
         let mut host = LinkMessage::default();
-        host.header.flags = LinkFlags::Up;
-        host.header.change_mask = LinkFlags::Up;
+        if up {
+            host.header.flags = LinkFlags::Up;
+            host.header.change_mask = LinkFlags::Up;
+        }
         host.attributes
             .push(LinkAttribute::IfName(host_name.to_string()));
         host.attributes.push(LinkAttribute::Mtu(mtu));
@@ -361,6 +382,23 @@ impl Netlink {
                     e,
                 )
             })
+    }
+
+    /// Rename a link that is down and set it up, in one request (the kernel
+    /// renames before it changes flags; an up link cannot be renamed).
+    pub fn rename_and_up(&mut self, index: u32, new_name: &str) -> Result<()> {
+        let context = || format!("rename link {index} to {new_name}{}", self.in_ns());
+        check_ifname(new_name).map_err(|e| Error::netlink(context(), e))?;
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes
+            .push(LinkAttribute::IfName(new_name.to_string()));
+        let ctx = context();
+        self.request(RouteNetlinkMessage::SetLink(msg), 0)
+            .map(drop)
+            .map_err(|e| Error::netlink(ctx, e))
     }
 
     /// Set the link administratively up.
