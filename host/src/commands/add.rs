@@ -48,6 +48,7 @@ pub fn run(inv: &Invocation) -> Result<Value> {
     let alias = format!("{}/{}", env.container_id, env.ifname);
     let mut made = Made::default();
     let (named_tx, named_rx) = std::sync::mpsc::channel::<Option<String>>();
+    let (allocated_tx, allocated_rx) = std::sync::mpsc::channel::<bool>();
     let (kv, alloc, pod, alias_ref) = (&kv, &alloc, &pod, &alias);
     let (allocated, plumbed) = std::thread::scope(|s| {
         let decider = s.spawn(move || {
@@ -56,14 +57,17 @@ pub fn run(inv: &Invocation) -> Result<Value> {
             // A closed channel (any early return above) tells plumb to stop.
             let _ = named_tx.send(name);
             drop(named_tx);
-            allocate(alloc, inv, pod, &mut *policy)
+            let allocated = allocate(alloc, inv, pod, &mut *policy);
+            let _ = allocated_tx.send(allocated.is_ok());
+            allocated
         });
         let naming = if conf.policy.is_some() {
             HostNaming::Pending(&named_rx)
         } else {
             HostNaming::Default
         };
-        let plumbed = plumb(inv, &netns, naming, &mut made);
+        let allocated_ok = || allocated_rx.recv().unwrap_or(false);
+        let plumbed = plumb(inv, &netns, naming, &allocated_ok, &mut made);
         let allocated = decider
             .join()
             .unwrap_or_else(|_| Err(Error::Store("the policy/allocation thread panicked".into())));
@@ -404,10 +408,14 @@ enum HostNaming<'r> {
     Pending(&'r std::sync::mpsc::Receiver<Option<String>>),
 }
 
+/// `allocated_ok` blocks until the allocation is done and says whether it
+/// succeeded: a bridge this ADD would create is only created then, so a failed
+/// ADD never leaves a new bridge behind (an existing one is used at once).
 fn plumb(
     inv: &Invocation,
     netns: &NetNs,
     naming: HostNaming<'_>,
+    allocated_ok: &dyn Fn() -> bool,
     made: &mut Made,
 ) -> Result<Plumbed> {
     let (env, conf) = (&inv.env, &inv.conf);
@@ -416,6 +424,11 @@ fn plumb(
         Some(m) => m,
         None => host.default_route_mtu()?.unwrap_or(1500),
     };
+    if host.link_by_name(&conf.bridge)?.is_none() && !allocated_ok() {
+        return Err(Error::Store(
+            "the allocation failed; the bridge is not created".into(),
+        ));
+    }
     let bridge = host.ensure_bridge(&conf.bridge, Some(mtu), conf.promisc_mode)?;
     fault_point("bridge")?;
 

@@ -78,6 +78,75 @@ fn is_tls_failure(e: &etcd_client::Error) -> bool {
     false
 }
 
+/// The server closed the connection under a request: after a TLS 1.3
+/// handshake the client may have sent its request before the server's alert
+/// (a refused client certificate) arrived, and then only sees the close.
+fn closed_by_peer(e: &etcd_client::Error) -> bool {
+    let text = chain(e).to_ascii_lowercase();
+    [
+        "connection closed",
+        "broken pipe",
+        "connection reset",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
+/// Why the TLS session with `endpoint` fails, if it does: a fresh connection,
+/// the handshake with the configured CA and client certificate, the HTTP/2
+/// preface, then a short read. A server that refuses the client certificate
+/// answers with an alert (rustls: "received fatal alert: …"); a healthy one
+/// with its HTTP/2 settings (then `None`).
+async fn tls_probe(endpoint: &str, conf: &EtcdConf) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+    let hostport = endpoint.strip_prefix("https://")?.trim_end_matches('/');
+    let (host, _) = hostport.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut roots = RootCertStore::empty();
+    if let Some(ca) = &conf.ca_file {
+        for cert in CertificateDer::pem_file_iter(ca).ok()? {
+            roots.add(cert.ok()?).ok()?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots);
+    let mut config = match (&conf.cert_file, &conf.key_file) {
+        (Some(c), Some(k)) => {
+            let chain = CertificateDer::pem_file_iter(c)
+                .ok()?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .ok()?;
+            builder
+                .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(k).ok()?)
+                .ok()?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(host.to_string()).ok()?;
+    let tcp = tokio::net::TcpStream::connect(hostport).await.ok()?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Some(e.to_string()),
+        Err(_) => return None,
+    };
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_millis(500), tls.read(&mut buf)).await {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Some(e.to_string()),
+        _ => None,
+    }
+}
+
 /// Errors after which another endpoint (or a later try) may succeed.
 fn retriable(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
@@ -181,6 +250,16 @@ impl EtcdStore {
                     ))
                 }
                 Ok(Err(e)) if retriable(&e) => {
+                    // A closed connection on TLS may be a refused certificate
+                    // whose alert the request did not see: ask the handshake.
+                    if endpoint.starts_with("https://") && closed_by_peer(&e) {
+                        if let Some(why) = self.rt.block_on(tls_probe(endpoint, &self.conf)) {
+                            return Err(Error::config(
+                                "ipam.store.caFile/certFile/keyFile",
+                                format!("TLS handshake with {endpoint} failed: {why} (check the CA and the client certificate)"),
+                            ));
+                        }
+                    }
                     last = format!("{endpoint}: {}", chain(&e));
                     log::warn!(
                         "etcd {what} via {endpoint} failed (attempt {}): {}",
