@@ -445,7 +445,7 @@ fn plumb(
                     .recv()
                     .map_err(|_| Error::Store("the policy's naming decision did not arrive".into()))
             };
-            let first = host.create_veth_as(
+            let first = host.create_veth(
                 &default_host_ifname(&env.container_id, &env.ifname, 0),
                 &alias,
                 &env.ifname,
@@ -597,6 +597,7 @@ fn create_veth(
             mtu,
             inv.conf.requests.mac,
             bridge,
+            true,
         ) {
             Ok(link) => {
                 made.veth = Some(link.index);

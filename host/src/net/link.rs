@@ -250,30 +250,14 @@ impl Netlink {
     /// socket's netns, enslaved to `master` (a bridge index; 0 = none), with
     /// `mtu` and alias `alias`; the peer `peer_name` born directly inside
     /// `peer_ns` (IFLA_NET_NS_FD in the peer message) with `mtu` and optional
-    /// `peer_mac`. Nothing is moved afterwards. The host end is set up (the
-    /// peer is left down for the caller to configure). Returns the host end.
+    /// `peer_mac`. Nothing is moved afterwards. The host end is set up when
+    /// `up` (else left down, so it can still be renamed: see
+    /// [`Netlink::rename_and_up`]); the peer is left down for the caller to
+    /// configure. Returns the host end.
     ///
     /// EEXIST (either name taken) surfaces as an error with `is_exists()`.
     #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
-        &mut self,
-        host_name: &str,
-        alias: &str,
-        peer_name: &str,
-        peer_ns: &NetNs,
-        mtu: u32,
-        peer_mac: Option<[u8; 6]>,
-        master: u32,
-    ) -> Result<Link> {
-        self.create_veth_as(
-            host_name, alias, peer_name, peer_ns, mtu, peer_mac, master, true,
-        )
-    }
-
-    /// [`Netlink::create_veth`], leaving the host end down when `up` is false
-    /// (so it can still be renamed: see [`Netlink::rename_and_up`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn create_veth_as(
         &mut self,
         host_name: &str,
         alias: &str,
@@ -680,6 +664,7 @@ mod tests {
                 1450,
                 Some(mac),
                 br.index,
+                true,
             )
             .unwrap();
         assert_eq!(veth.name, "vethohno1");
@@ -712,6 +697,7 @@ mod tests {
                 1450,
                 None,
                 br.index,
+                true,
             )
             .unwrap_err();
         assert!(err.is_exists(), "{err}");
@@ -731,6 +717,7 @@ mod tests {
                 1450,
                 None,
                 br.index,
+                true,
             )
             .unwrap_err();
         assert!(err.is_exists(), "{err}");
@@ -758,6 +745,7 @@ mod tests {
                 1500,
                 None,
                 br.index,
+                true,
             )
             .unwrap();
         assert_eq!(nl.hairpin(veth.index).unwrap(), Some(false));

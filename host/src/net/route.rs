@@ -235,6 +235,7 @@ mod tests {
             1500,
             None,
             br.index,
+            true,
         )
         .unwrap();
 
