@@ -110,10 +110,39 @@ impl LocalStore {
         }
     }
 
+    /// Switch a new database to WAL (set outside a transaction; it persists in
+    /// the file). The switch needs the database to itself, and SQLite answers
+    /// "busy" at once, without its busy handler, while other processes — a
+    /// burst of first ADDs on a new node — open the same new file: retried here
+    /// until `BUSY_TIMEOUT`.
+    fn enable_wal(conn: &Connection, path: &Path) -> Result<()> {
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+                Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+                Ok(mode) => {
+                    return Err(Error::Store(format!(
+                        "local store {}: enable WAL: the journal mode stays {mode:?}",
+                        path.display()
+                    )))
+                }
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(
+                        f.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(e) => return Err(db_err(path, "enable WAL", e)),
+            }
+        }
+    }
+
     fn init_schema(conn: &Connection, path: &Path) -> Result<()> {
-        // WAL must be set outside a transaction; it persists in the file.
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .map_err(|e| db_err(path, "enable WAL", e))?;
+        Self::enable_wal(conn, path)?;
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE;
              CREATE TABLE IF NOT EXISTS kv (
@@ -306,8 +335,9 @@ mod tests {
     #[test]
     fn data_survives_reopen_and_concurrent_writers_never_both_win() {
         let d = tmp();
+        // 24 first opens of a new file at once: a node's first burst of ADDs.
         let winners: Vec<bool> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..8)
+            let hs: Vec<_> = (0..24)
                 .map(|i| {
                     let d = d.clone();
                     s.spawn(move || {
