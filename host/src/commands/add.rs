@@ -424,12 +424,13 @@ fn plumb(
         Some(m) => m,
         None => host.default_route_mtu()?.unwrap_or(1500),
     };
-    if host.link_by_name(&conf.bridge)?.is_none() && !allocated_ok() {
+    let found = host.link_by_name(&conf.bridge)?;
+    if found.is_none() && !allocated_ok() {
         return Err(Error::Store(
             "the allocation failed; the bridge is not created".into(),
         ));
     }
-    let bridge = host.ensure_bridge(&conf.bridge, Some(mtu), conf.promisc_mode)?;
+    let bridge = host.ensure_bridge_found(&conf.bridge, found, Some(mtu), conf.promisc_mode)?;
     fault_point("bridge")?;
 
     let alias = format!("{}/{}", env.container_id, env.ifname);

@@ -180,10 +180,23 @@ impl Netlink {
     /// A bridge we create gets its own MAC pinned (set explicitly), so it does
     /// not follow the lowest port MAC as pods come and go.
     pub fn ensure_bridge(&mut self, name: &str, mtu: Option<u32>, promisc: bool) -> Result<Link> {
+        let found = self.link_by_name(name)?;
+        self.ensure_bridge_found(name, found, mtu, promisc)
+    }
+
+    /// [`Netlink::ensure_bridge`] for a caller that has just looked `name` up
+    /// (`found`), so the lookup is not repeated.
+    pub fn ensure_bridge_found(
+        &mut self,
+        name: &str,
+        found: Option<Link>,
+        mtu: Option<u32>,
+        promisc: bool,
+    ) -> Result<Link> {
         let ctx = format!("ensure bridge {name}{}", self.in_ns());
         let context = || ctx.clone();
         let mut created = false;
-        let link = match self.link_by_name(name)? {
+        let link = match found {
             Some(link) => link,
             None => {
                 let mut msg = LinkMessage::default();
