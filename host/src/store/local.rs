@@ -30,17 +30,23 @@ pub struct LocalStore {
     path: PathBuf,
 }
 
-fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
-    match &e {
+/// Another connection holds the lock (SQLITE_BUSY / SQLITE_LOCKED).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(
                 f.code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) =>
-        {
-            Error::TryAgainLater(format!("local store {}: {what}: {e}", path.display()))
-        }
-        _ => Error::Store(format!("local store {}: {what}: {e}", path.display())),
+            )
+    )
+}
+
+fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
+    if is_busy(&e) {
+        Error::TryAgainLater(format!("local store {}: {what}: {e}", path.display()))
+    } else {
+        Error::Store(format!("local store {}: {what}: {e}", path.display()))
     }
 }
 
@@ -127,12 +133,7 @@ impl LocalStore {
                         path.display()
                     )))
                 }
-                Err(rusqlite::Error::SqliteFailure(f, _))
-                    if matches!(
-                        f.code,
-                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                    ) && std::time::Instant::now() < deadline =>
-                {
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(20));
                 }
