@@ -40,8 +40,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
@@ -57,14 +56,13 @@ use ohno::ipam::cidr::{from_u128, Cidr};
 use ohno::ipam::keys::Keys;
 use ohno::ipam::model::{AttachmentRecord, IpRecord, Owner};
 use ohno::ipam::Allocator;
-use ohno::net::netns::NetNs as NsHandle;
 use ohno::store::etcd::EtcdStore;
 use ohno::store::local::LocalStore;
 use ohno::store::{Kv, Txn};
 use serde_json::{json, Value};
 use support::{
     checkpoint, env_usize, install_signal_handlers, loadavg, ms, p50, p95, percentile, verdict,
-    Report, Table,
+    Host, Report, Table,
 };
 
 /// A plugin call that takes longer than this is killed (by its PID).
@@ -108,24 +106,7 @@ impl Drop for SweepOnInterrupt {
 
 // ------------------------------------------------------------------ processes
 
-/// A contender's host namespace, open (O_CLOEXEC) for `setns` in spawned
-/// children and for threads that work inside it.
-struct Host {
-    name: String,
-    ns: NsHandle,
-}
-
 impl Host {
-    fn of(ns: &common::NetNs) -> Host {
-        let path = PathBuf::from(ns.path());
-        let handle =
-            NsHandle::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        Host {
-            name: ns.name().to_owned(),
-            ns: handle,
-        }
-    }
-
     /// Runs `f` on a thread inside this namespace.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         self.ns
@@ -242,19 +223,7 @@ fn spawn_in(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let fd: RawFd = host.ns.fd().as_raw_fd();
-    // SAFETY: only setns(2) runs between fork and exec, and it is
-    // async-signal-safe. If it fails, spawn fails and the program never runs,
-    // so nothing ever runs in the machine's own namespace.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
+    host.enter_on_exec(&mut cmd);
     let start = Instant::now();
     let mut child = cmd
         .spawn()

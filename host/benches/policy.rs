@@ -34,8 +34,6 @@ mod common;
 mod support;
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -44,12 +42,12 @@ use std::time::{Duration, Instant};
 use common::{default_cni_path, ohno_binary, Node, Pod};
 use ohno::cni::config::NetConf;
 use ohno::ipam::{Allocator, Owner, Want};
-use ohno::net::netns::NetNs as NsHandle;
 use ohno::policy::wasm::{self, HostView, PolicyConf, WasmPolicy};
 use ohno::policy::{Family, Policy};
 use serde_json::{json, Value};
 use support::{
-    checkpoint, env_usize, install_signal_handlers, loadavg, ms, p50, p95, verdict, Report, Table,
+    checkpoint, env_usize, install_signal_handlers, loadavg, ms, p50, p95, verdict, Host, Report,
+    Table,
 };
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::Store;
@@ -137,24 +135,6 @@ fn args_for(pod_name: &str) -> String {
 
 // ------------------------------------------------------------------ exec
 
-/// A contender's host namespace, open (O_CLOEXEC) for `setns` in children.
-struct Host {
-    name: String,
-    ns: NsHandle,
-}
-
-impl Host {
-    fn of(ns: &common::NetNs) -> Host {
-        let path = PathBuf::from(ns.path());
-        let handle =
-            NsHandle::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        Host {
-            name: ns.name().to_owned(),
-            ns: handle,
-        }
-    }
-}
-
 /// One contender: a node (host netns, store, cache) and its config.
 struct Contender {
     label: String,
@@ -202,19 +182,7 @@ impl Contender {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let fd: RawFd = self.host.ns.fd().as_raw_fd();
-        // SAFETY: only setns(2) runs between fork and exec, and it is
-        // async-signal-safe. If it fails, spawn fails and the plugin never
-        // runs, so nothing runs in the machine's own namespace.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        self.host.enter_on_exec(&mut cmd);
         let stdin = conf.to_string();
         let started = Instant::now();
         let mut child = cmd

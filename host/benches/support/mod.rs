@@ -6,7 +6,10 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -37,6 +40,45 @@ pub fn interrupted() -> bool {
 pub fn checkpoint() {
     if interrupted() {
         panic!("interrupted by a signal: cleaning up before exiting");
+    }
+}
+
+// ------------------------------------------------------------------ exec
+
+/// A contender's host namespace, open (O_CLOEXEC) for `setns` in spawned
+/// children and for threads that work inside it.
+pub struct Host {
+    pub name: String,
+    pub ns: ohno::net::netns::NetNs,
+}
+
+impl Host {
+    pub fn of(ns: &crate::common::NetNs) -> Host {
+        let path = PathBuf::from(ns.path());
+        let handle = ohno::net::netns::NetNs::open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        Host {
+            name: ns.name().to_owned(),
+            ns: handle,
+        }
+    }
+
+    /// Make `cmd`'s child enter this namespace between fork and exec (setns
+    /// on the fd opened before the fork), as a runtime execs a plugin.
+    pub fn enter_on_exec(&self, cmd: &mut Command) {
+        let fd: RawFd = self.ns.fd().as_raw_fd();
+        // SAFETY: only setns(2) runs between fork and exec, and it is
+        // async-signal-safe. If it fails, spawn fails and the program never
+        // runs, so nothing ever runs in the machine's own namespace.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
     }
 }
 
