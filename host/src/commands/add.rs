@@ -40,37 +40,48 @@ pub fn run(inv: &Invocation) -> Result<Value> {
     let alloc = Allocator::from_conf(&*kv, conf);
     let id = inv.attachment_id();
 
-    // Two threads. The decider loads the policy, decides the host-side name
-    // (and passes it on), then allocates: it waits on the component's start-up
-    // and on the store (for etcd, network round trips). This thread makes the
-    // bridge and the veth pair meanwhile: the kernel's work. Neither needs the
-    // other until the addresses go on.
+    // Two threads. This one, already running, decides and allocates: it loads
+    // the policy, decides the host-side name (and passes it on), then allocates,
+    // waiting on the component's start-up and on the store (for etcd, network
+    // round trips). A new thread makes the bridge and the veth pair meanwhile:
+    // the kernel's work. A new thread starts on this one's CPU and runs once
+    // this one waits (on a small VM, often not before), so the waiting belongs
+    // here and the CPU work there. Neither needs the other until the addresses
+    // go on.
     let alias = format!("{}/{}", env.container_id, env.ifname);
     let mut made = Made::default();
     let (named_tx, named_rx) = std::sync::mpsc::channel::<Option<String>>();
     let (allocated_tx, allocated_rx) = std::sync::mpsc::channel::<bool>();
-    let (kv, alloc, pod, alias_ref) = (&kv, &alloc, &pod, &alias);
     let (allocated, plumbed) = std::thread::scope(|s| {
-        let decider = s.spawn(move || {
+        let made = &mut made;
+        let netns = &netns;
+        let plumber = s.spawn(move || {
+            let naming = if conf.policy.is_some() {
+                HostNaming::Pending(&named_rx)
+            } else {
+                HostNaming::Default
+            };
+            let allocated_ok = || allocated_rx.recv().unwrap_or(false);
+            plumb(inv, netns, naming, &allocated_ok, made)
+        });
+        // Both senders move in: a closed channel (any early return) tells plumb
+        // to stop waiting.
+        let (kv, alloc, pod, alias) = (&kv, &alloc, &pod, &alias);
+        let allocated = (move || {
             let mut policy = policy::load(conf, kv.clone())?;
-            let name = decide_host_name(&mut *policy, pod, alias_ref)?;
-            // A closed channel (any early return above) tells plumb to stop.
+            let name = decide_host_name(&mut *policy, pod, alias)?;
             let _ = named_tx.send(name);
             drop(named_tx);
             let allocated = allocate(alloc, inv, pod, &mut *policy);
             let _ = allocated_tx.send(allocated.is_ok());
             allocated
+        })();
+        let plumbed = plumber.join().unwrap_or_else(|_| {
+            Err(Error::netlink(
+                "make the links",
+                std::io::Error::other("the plumbing thread panicked"),
+            ))
         });
-        let naming = if conf.policy.is_some() {
-            HostNaming::Pending(&named_rx)
-        } else {
-            HostNaming::Default
-        };
-        let allocated_ok = || allocated_rx.recv().unwrap_or(false);
-        let plumbed = plumb(inv, &netns, naming, &allocated_ok, &mut made);
-        let allocated = decider
-            .join()
-            .unwrap_or_else(|_| Err(Error::Store("the policy/allocation thread panicked".into())));
         (allocated, plumbed)
     });
     // Only addresses this ADD took are released on failure: not when the
@@ -90,7 +101,7 @@ pub fn run(inv: &Invocation) -> Result<Value> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            fault_point("ipam").and_then(|()| configure(inv, &netns, &record, &plumbed))
+            fault_point("ipam").and_then(|()| configure(inv, &netns, &record, plumbed))
         }
         // The allocation's error is the one to report (an exhausted pool says more
         // than a link that was made in vain).
@@ -115,7 +126,7 @@ pub fn run(inv: &Invocation) -> Result<Value> {
                     log::warn!("undo: release addresses of {}: {u}", id.container_id);
                 }
                 // The masquerade chain is the network's; drop it if nobody else uses it.
-                if conf.ip_masq && node_has_no_attachments(alloc, conf) {
+                if conf.ip_masq && node_has_no_attachments(&alloc, conf) {
                     if let Err(u) = nft::remove_masquerade(&conf.name) {
                         log::warn!("undo: remove masquerade of {}: {u}", conf.name);
                     }
@@ -397,6 +408,10 @@ struct Plumbed {
     bridge: Link,
     host_veth: Link,
     pod_link: Link,
+    /// The sockets plumb used, kept for configure: opening one in the pod's
+    /// netns costs a thread.
+    host: Netlink,
+    pod: Netlink,
 }
 
 /// How the host-side name is known to [`plumb`].
@@ -505,6 +520,8 @@ fn plumb(
         bridge,
         host_veth,
         pod_link,
+        host,
+        pod,
     })
 }
 
@@ -514,13 +531,19 @@ fn configure(
     inv: &Invocation,
     netns: &NetNs,
     record: &AttachmentRecord,
-    plumbed: &Plumbed,
+    plumbed: Plumbed,
 ) -> Result<CniResult> {
     let conf = &inv.conf;
     let addrs = addresses(record)?;
-    let mut host = Netlink::open()?;
+    let Plumbed {
+        bridge,
+        host_veth,
+        pod_link,
+        mut host,
+        mut pod,
+    } = plumbed;
     for (_, block) in &addrs {
-        host.ensure_addr(plumbed.bridge.index, gateway_of(block), block.prefix())?;
+        host.ensure_addr(bridge.index, gateway_of(block), block.prefix())?;
     }
     if addrs.iter().any(|(a, _)| a.is_ipv4()) {
         sysctl::set("net/ipv4/ip_forward", "1")?;
@@ -530,8 +553,7 @@ fn configure(
     }
 
     // The pod side: addresses, up, routes.
-    let mut pod = Netlink::open_in(netns)?;
-    let pod_index = plumbed.pod_link.index;
+    let pod_index = pod_link.index;
     for (addr, block) in &addrs {
         pod.ensure_addr(pod_index, *addr, block.prefix())?;
     }
@@ -560,13 +582,7 @@ fn configure(
     fault_point("masquerade")?;
 
     Ok(result(
-        conf,
-        netns,
-        &plumbed.bridge,
-        &plumbed.host_veth,
-        &plumbed.pod_link,
-        &addrs,
-        &routes,
+        conf, netns, &bridge, &host_veth, &pod_link, &addrs, &routes,
     ))
 }
 
