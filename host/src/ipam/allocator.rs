@@ -66,6 +66,55 @@ struct Pick {
     block: Cidr,
     ip: IpAddr,
     guard: Option<Compare>,
+    /// When the block is one of this node's: its affinity's create revision, and
+    /// the next address to try after this one (the first free after it, as seen).
+    own: Option<(i64, Option<u128>)>,
+}
+
+/// What a node-local hint file says about this node's blocks of one pool. Only a
+/// hint: every use of it is guarded by a transaction's compares, so a stale,
+/// wrong or foreign hint costs a round trip, never a wrong write.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Hint {
+    /// This node's blocks, each with its affinity key's create revision (0 when
+    /// unknown: such a block is read, never written to on the hint's word).
+    blocks: Vec<(Cidr, i64)>,
+    /// The address to try first on the next ADD: the first after the last one
+    /// allocated that was free then.
+    next: Option<IpAddr>,
+}
+
+impl Hint {
+    /// `<block-id> <revision>` lines and a `next <address>` line.
+    fn parse(text: &str) -> Hint {
+        let mut hint = Hint::default();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("next"), Some(ip)) => hint.next = ip.parse().ok(),
+                (Some(id), rev) => {
+                    if let Some(b) = parse_block_id(id) {
+                        let rev = rev.and_then(|r| r.parse().ok()).unwrap_or(0);
+                        hint.blocks.push((b, rev));
+                    }
+                }
+                _ => {}
+            }
+        }
+        hint
+    }
+
+    fn render(&self) -> String {
+        let mut text: String = self
+            .blocks
+            .iter()
+            .map(|(b, rev)| format!("{} {rev}\n", super::keys::block_id(b)))
+            .collect();
+        if let Some(ip) = self.next {
+            text.push_str(&format!("next {ip}\n"));
+        }
+        text
+    }
 }
 
 /// IPAM for one node against one store.
@@ -171,35 +220,64 @@ impl<'a> Allocator<'a> {
         )))
     }
 
-    /// This node's blocks of `pool` as last seen (empty when unknown). Only a
-    /// hint: a wrong one costs a read, never a wrong write.
-    fn read_hint(&self, pool: &str) -> Vec<Cidr> {
+    /// This node's blocks of `pool` as last seen (empty when unknown).
+    fn read_hint(&self, pool: &str) -> Hint {
         let Some(path) = self.hint_path(pool) else {
-            return Vec::new();
+            return Hint::default();
         };
         std::fs::read_to_string(path)
-            .map(|s| s.lines().filter_map(parse_block_id).collect())
+            .map(|s| Hint::parse(&s))
             .unwrap_or_default()
     }
 
-    /// Record this node's blocks of `pool` (atomically; failures only logged).
-    fn write_hint(&self, pool: &str, blocks: &[Cidr]) {
+    /// Record the hint of `pool` (failures only logged). Overwritten in place,
+    /// not replaced by a rename, which costs a directory update on every ADD: a
+    /// reader that catches it half-written reads less, or stale lines, and a
+    /// wrong hint only costs a round trip.
+    fn write_hint(&self, pool: &str, hint: &Hint) {
+        use std::os::unix::fs::FileExt;
         let Some(path) = self.hint_path(pool) else {
             return;
         };
-        let text: String = blocks
-            .iter()
-            .map(|b| format!("{}\n", super::keys::block_id(b)))
-            .collect();
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        let written = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, text))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+        let text = hint.render();
+        let open = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        };
+        let written = open()
+            .or_else(|e| match path.parent() {
+                Some(dir) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(dir).and_then(|()| open())
+                }
+                _ => Err(e),
+            })
+            .and_then(|f| {
+                f.write_all_at(text.as_bytes(), 0)?;
+                f.set_len(text.len() as u64)
+            });
         if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
             log::debug!("block hint {}: {e}", path.display());
+        }
+    }
+
+    /// `addr` of `pool` was freed: when it lies in a hinted block below the
+    /// hinted next address, it becomes the next one (the built-in rule hands out
+    /// the lowest free address).
+    fn hint_freed(&self, pool: &str, addr: IpAddr) {
+        let mut hint = self.read_hint(pool);
+        let in_hinted = hint
+            .blocks
+            .iter()
+            .any(|(b, rev)| *rev > 0 && b.contains(addr));
+        let lower = hint
+            .next
+            .is_none_or(|n| n.is_ipv4() == addr.is_ipv4() && to_u128(addr) < to_u128(n));
+        if in_hinted && lower {
+            hint.next = Some(addr);
+            self.write_hint(pool, &hint);
         }
     }
 
@@ -291,11 +369,17 @@ impl<'a> Allocator<'a> {
     /// [`Allocator::allocate`], also saying whether the attachment was already
     /// recorded (a repeated ADD: `true`, nothing written).
     ///
-    /// Round trips on the common path: one batched read that may lag (the
-    /// attachment, each pool's definition, this node's affinities, and the
-    /// addresses of the blocks a node-local hint says are this node's), then the
-    /// transaction. Every answer that may lag is checked again by the
-    /// transaction's compares; after a lost race the retries read the latest state.
+    /// Round trips on the common path: one. The node-local hint of each pool
+    /// names this node's blocks (with their affinities' revisions) and the
+    /// address to try next; the allocation transaction is sent at once, guarded
+    /// by the attachment being absent, the address being free, the affinity
+    /// being unchanged and the pool definition agreeing. If any of that fails,
+    /// the same transaction's failure branch reads what the careful path needs
+    /// (the attachment, each pool's definition, this node's affinities, the
+    /// addresses of the hinted blocks), and it goes on from there: one more
+    /// transaction, whose compares guard every answer again. Without a usable
+    /// hint the first look is one batched read that may lag, then the
+    /// transaction. After a lost race the retries read the latest state.
     pub fn allocate_or_find(
         &self,
         owner: &Owner,
@@ -305,61 +389,95 @@ impl<'a> Allocator<'a> {
         let att_key = self
             .keys
             .attachment(&id.network, &id.container_id, &id.ifname);
+        let hints: Vec<Hint> = wants
+            .iter()
+            .map(|w| match w.address {
+                None => self.read_hint(&w.pool.name),
+                Some(_) => Hint::default(),
+            })
+            .collect();
         let mut reads = vec![Read::Get(att_key.clone())];
-        let mut hinted: Vec<Vec<Cidr>> = Vec::with_capacity(wants.len());
-        for w in wants {
+        for (w, hint) in wants.iter().zip(&hints) {
             reads.push(Read::Get(self.keys.pool(&w.pool.name)));
             reads.push(Read::Range {
                 prefix: self.keys.affinities(&self.node, &w.pool.name),
                 keys_only: true,
             });
-            let hint = if w.address.is_none() {
-                self.read_hint(&w.pool.name)
-            } else {
-                Vec::new()
-            };
-            for b in &hint {
+            for (b, _) in &hint.blocks {
                 reads.push(Read::Range {
                     prefix: self.keys.ips_of_block(&w.pool.name, b),
                     keys_only: true,
                 });
             }
-            hinted.push(hint);
         }
-        let snapshot = self.kv.read_batch(&reads, Freshness::MayLag)?;
+        let (snapshot, fresh) = match self.hinted_picks(wants, &hints) {
+            Some(picks) => {
+                let (mut txn, record) = self.allocation_txn(owner, &att_key, &picks);
+                for w in wants {
+                    txn = txn.when(Compare::Value(
+                        self.keys.pool(&w.pool.name),
+                        encode(&pool_record(w.pool)),
+                    ));
+                }
+                match self.kv.txn_or_read(txn, &reads)? {
+                    None => {
+                        self.allocated(&id, &record, 0, "the hinted address");
+                        self.update_hints(wants, &hints, &picks, None);
+                        return Ok((record, false));
+                    }
+                    Some(snapshot) => {
+                        log::debug!(
+                            "the hinted address was not free or the hint is stale; reading"
+                        );
+                        (snapshot, true)
+                    }
+                }
+            }
+            None => (self.kv.read_batch(&reads, Freshness::MayLag)?, false),
+        };
         // Recorded (or was, a moment ago): confirm against the latest state.
-        if !snapshot[0].is_empty() {
+        if let Some(kv) = snapshot[0].first() {
+            if fresh {
+                return Ok((decode(kv)?, true));
+            }
             if let Some(existing) = self.find(&id)? {
                 return Ok((existing, true));
             }
         }
         let mut prefetched: Vec<Option<Prefetched<'_>>> = Vec::with_capacity(wants.len());
         let mut at = 1;
-        for (w, hint) in wants.iter().zip(hinted) {
+        for (w, hint) in wants.iter().zip(&hints) {
             match snapshot[at].first() {
                 Some(kv) => check_pool(w.pool, kv)?,
                 None => self.ensure_pool(w.pool)?,
             }
             let affinities = &snapshot[at + 1];
+            let n = hint.blocks.len();
             let used: Vec<(Cidr, &[KeyValue])> = hint
+                .blocks
                 .iter()
-                .zip(&snapshot[at + 2..at + 2 + hint.len()])
-                .map(|(b, kvs)| (*b, kvs.as_slice()))
+                .zip(&snapshot[at + 2..at + 2 + n])
+                .map(|((b, _), kvs)| (*b, kvs.as_slice()))
                 .collect();
-            at += 2 + hint.len();
-            if w.address.is_none() {
-                let layout = Layout::new(w.pool);
-                let own: Vec<Cidr> = self
-                    .blocks_of(&layout, affinities)
-                    .into_iter()
-                    .map(|(b, _)| b)
-                    .collect();
-                if own != hint {
-                    self.write_hint(&w.pool.name, &own);
-                }
-            }
+            at += 2 + n;
             prefetched.push(Some(Prefetched { affinities, used }));
         }
+        let own_seen: Vec<Vec<(Cidr, i64)>> = wants
+            .iter()
+            .zip(&prefetched)
+            .map(|(w, p)| {
+                let layout = Layout::new(w.pool);
+                p.as_ref()
+                    .map(|p| self.blocks_of(&layout, p.affinities))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(b, guard)| match guard {
+                        Compare::CreateRevision(_, rev) => Some((b, rev)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
         for attempt in 0..MAX_ATTEMPTS {
             let mut picks: Vec<Pick> = Vec::with_capacity(wants.len());
             for (w, prefetched) in wants.iter().zip(prefetched.iter_mut()) {
@@ -369,45 +487,10 @@ impl<'a> Allocator<'a> {
                 };
                 picks.push(pick);
             }
-            let mut record = AttachmentRecord {
-                owner: Owner {
-                    created: now(),
-                    ..owner.clone()
-                },
-                ips: Vec::with_capacity(picks.len()),
-            };
-            let mut txn = Txn::new().when(Compare::absent(&att_key));
-            for p in &picks {
-                let key = self.keys.ip(&p.pool, &p.block, p.ip);
-                txn = txn
-                    .when(Compare::absent(&key))
-                    .put(key, encode(&record.owner));
-                if let Some(g) = &p.guard {
-                    txn = txn.when(g.clone());
-                }
-                let layout_gw = from_u128(p.block.first() + 1, p.block.is_ipv4());
-                record.ips.push(IpRecord {
-                    pool: p.pool.clone(),
-                    address: format!("{}/{}", p.ip, p.block.prefix()),
-                    block: p.block.to_string(),
-                    gateway: layout_gw.to_string(),
-                });
-            }
-            txn = txn.put(&att_key, encode(&record));
+            let (txn, record) = self.allocation_txn(owner, &att_key, &picks);
             if self.kv.txn(txn)? {
-                log::debug!(
-                    "allocated {} to {}/{}/{} (attempt {})",
-                    record
-                        .ips
-                        .iter()
-                        .map(|i| i.address.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    id.network,
-                    id.container_id,
-                    id.ifname,
-                    attempt + 1
-                );
+                self.allocated(&id, &record, attempt + 1, "attempt");
+                self.update_hints(wants, &hints, &picks, Some(&own_seen));
                 return Ok((record, false));
             }
             // Lost a race. A concurrent ADD of the same attachment may have won it.
@@ -424,6 +507,126 @@ impl<'a> Allocator<'a> {
             "gave up after {MAX_ATTEMPTS} conflicting transactions allocating for {}",
             id.container_id
         )))
+    }
+
+    /// The addresses the hints say to try, when every wanted address may come
+    /// from one: any address (not a requested one), and a hinted next address
+    /// that is usable in a hinted block of known revision.
+    fn hinted_picks(&self, wants: &[Want<'_>], hints: &[Hint]) -> Option<Vec<Pick>> {
+        wants
+            .iter()
+            .zip(hints)
+            .map(|(w, hint)| {
+                if w.address.is_some() {
+                    return None;
+                }
+                let ip = hint.next?;
+                let layout = Layout::new(w.pool);
+                let block = layout.check_usable(ip).ok()?;
+                let rev = hint
+                    .blocks
+                    .iter()
+                    .find(|(b, rev)| *b == block && *rev > 0)
+                    .map(|(_, rev)| *rev)?;
+                Some(Pick {
+                    pool: w.pool.name.clone(),
+                    block,
+                    ip,
+                    guard: Some(Compare::CreateRevision(
+                        self.keys.affinity(&self.node, &w.pool.name, &block),
+                        rev,
+                    )),
+                    // Unknown beyond this one: the next address is a guess.
+                    own: Some((
+                        rev,
+                        layout.first_free(&block, &BTreeSet::new(), Some(to_u128(ip))),
+                    )),
+                })
+            })
+            .collect()
+    }
+
+    /// The transaction that records `picks` for `owner`, and the record it writes.
+    fn allocation_txn(
+        &self,
+        owner: &Owner,
+        att_key: &str,
+        picks: &[Pick],
+    ) -> (Txn, AttachmentRecord) {
+        let mut record = AttachmentRecord {
+            owner: Owner {
+                created: now(),
+                ..owner.clone()
+            },
+            ips: Vec::with_capacity(picks.len()),
+        };
+        let mut txn = Txn::new().when(Compare::absent(att_key));
+        for p in picks {
+            let key = self.keys.ip(&p.pool, &p.block, p.ip);
+            txn = txn
+                .when(Compare::absent(&key))
+                .put(key, encode(&record.owner));
+            if let Some(g) = &p.guard {
+                txn = txn.when(g.clone());
+            }
+            let gateway = from_u128(p.block.first() + 1, p.block.is_ipv4());
+            record.ips.push(IpRecord {
+                pool: p.pool.clone(),
+                address: format!("{}/{}", p.ip, p.block.prefix()),
+                block: p.block.to_string(),
+                gateway: gateway.to_string(),
+            });
+        }
+        (txn.put(att_key, encode(&record)), record)
+    }
+
+    fn allocated(&self, id: &AttachmentId, record: &AttachmentRecord, attempt: usize, how: &str) {
+        log::debug!(
+            "allocated {} to {}/{}/{} ({how}{})",
+            record
+                .ips
+                .iter()
+                .map(|i| i.address.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            id.network,
+            id.container_id,
+            id.ifname,
+            if attempt > 0 {
+                format!(" {attempt}")
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    /// Keep each pool's hint: this node's blocks (as `seen` by the careful path,
+    /// else as hinted) plus the block of the pick, and the next address to try.
+    fn update_hints(
+        &self,
+        wants: &[Want<'_>],
+        hints: &[Hint],
+        picks: &[Pick],
+        seen: Option<&[Vec<(Cidr, i64)>]>,
+    ) {
+        for (i, ((w, old), pick)) in wants.iter().zip(hints).zip(picks).enumerate() {
+            if w.address.is_some() {
+                continue;
+            }
+            let mut hint = Hint {
+                blocks: seen.map_or_else(|| old.blocks.clone(), |s| s[i].clone()),
+                next: None,
+            };
+            if let Some((rev, next)) = pick.own {
+                if !hint.blocks.iter().any(|(b, _)| *b == pick.block) {
+                    hint.blocks.push((pick.block, rev));
+                }
+                hint.next = next.map(|n| from_u128(n, pick.block.is_ipv4()));
+            }
+            if hint != *old {
+                self.write_hint(&w.pool.name, &hint);
+            }
+        }
     }
 
     /// A specific address: usable in the pool, and not owned by someone else. Its
@@ -467,6 +670,7 @@ impl<'a> Allocator<'a> {
             block,
             ip,
             guard: Some(guard),
+            own: None,
         })
     }
 
@@ -497,11 +701,18 @@ impl<'a> Allocator<'a> {
                     None => self.used_as_of(pool, &block, freshness)?,
                 };
                 if let Some(ip) = layout.nth_free(&block, &used, attempt) {
+                    let own = match &guard {
+                        Compare::CreateRevision(_, rev) => {
+                            Some((*rev, layout.first_free(&block, &used, Some(ip))))
+                        }
+                        _ => None,
+                    };
                     return Ok(Pick {
                         pool: pool.name.clone(),
                         block,
                         ip: from_u128(ip, block.is_ipv4()),
                         guard: Some(guard),
+                        own,
                     });
                 }
             }
@@ -558,6 +769,7 @@ impl<'a> Allocator<'a> {
                     block,
                     ip: from_u128(ip, block.is_ipv4()),
                     guard: Some(Compare::ModRevision(kv.key.clone(), kv.mod_revision)),
+                    own: None,
                 }));
             }
         }
@@ -681,6 +893,7 @@ impl<'a> Allocator<'a> {
             let mut txn = Txn::new()
                 .when(Compare::ModRevision(att_key.clone(), att.mod_revision))
                 .delete(&att_key);
+            let mut freed: Vec<(&str, IpAddr)> = Vec::new();
             for ip in &record.ips {
                 let (Ok(addr), Ok(block)) = (
                     ip.address.split('/').next().unwrap_or("").parse::<IpAddr>(),
@@ -697,6 +910,7 @@ impl<'a> Allocator<'a> {
                         txn = txn
                             .when(Compare::ModRevision(key.clone(), kv.mod_revision))
                             .delete(key);
+                        freed.push((ip.pool.as_str(), addr));
                     } else {
                         log::warn!(
                             "{key} is held by {}, not by {}; leaving it",
@@ -708,6 +922,9 @@ impl<'a> Allocator<'a> {
             }
             if self.kv.txn(txn)? {
                 log::debug!("released {}/{}/{}", id.network, id.container_id, id.ifname);
+                for (pool, addr) in freed {
+                    self.hint_freed(pool, addr);
+                }
                 return Ok(Some(record));
             }
             backoff(attempt);
@@ -948,41 +1165,166 @@ pub(crate) mod suite {
         assert_ne!(ra.ips[0].block, rb.ips[0].block);
     }
 
+    /// Counts the store calls an allocator makes (each is one round trip on etcd).
+    struct Counting<'k> {
+        kv: &'k dyn Kv,
+        calls: std::sync::Mutex<Vec<&'static str>>,
+    }
+
+    impl Counting<'_> {
+        fn note(&self, what: &'static str) {
+            self.calls.lock().unwrap().push(what);
+        }
+        fn take(&self) -> Vec<&'static str> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+    }
+
+    impl Kv for Counting<'_> {
+        fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+            self.note("get");
+            self.kv.get(key)
+        }
+        fn range(&self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>> {
+            self.note("range");
+            self.kv.range(prefix, keys_only)
+        }
+        fn read_batch(&self, reads: &[Read], f: Freshness) -> Result<Vec<Vec<KeyValue>>> {
+            self.note("read_batch");
+            self.kv.read_batch(reads, f)
+        }
+        fn txn(&self, txn: Txn) -> Result<bool> {
+            self.note("txn");
+            self.kv.txn(txn)
+        }
+        fn txn_or_read(&self, txn: Txn, reads: &[Read]) -> Result<Option<Vec<Vec<KeyValue>>>> {
+            self.note("txn_or_read");
+            self.kv.txn_or_read(txn, reads)
+        }
+    }
+
     pub fn block_hints_are_kept_and_a_wrong_hint_is_harmless(kv: &dyn Kv) {
         let p = pool("default", "10.85.0.0/16", 26);
         let dir = std::env::temp_dir().join(format!("ohno-hints-{}-{}", std::process::id(), now()));
-        let a = Allocator::new(kv, "/ohno", "node-a").with_block_hints(dir.clone(), 7);
+        let counting = Counting {
+            kv,
+            calls: Default::default(),
+        };
+        let a = Allocator::new(&counting, "/ohno", "node-a").with_block_hints(dir.clone(), 7);
         let b = Allocator::new(kv, "/ohno", "node-b");
         let mut seen = HashSet::new();
+        let mut got = Vec::new();
         for i in 0..3 {
             let r = a
                 .allocate(&owner(&format!("h{i}"), "node-a"), &[Want::any(&p)])
                 .unwrap();
             assert!(seen.insert(addr(&r)), "duplicate {}", addr(&r));
+            got.push(Cidr::parse(&r.ips[0].address).unwrap().addr());
+            let calls = counting.take();
+            if i > 0 {
+                // Warm hint: the whole allocation is one store call.
+                assert_eq!(calls, ["txn_or_read"], "allocation {i}");
+            }
         }
+        // The first free addresses of the block, in order (.0 network, .1 gateway).
         let own = a.own_blocks(&p).unwrap();
         assert_eq!(own.len(), 1);
+        let block = own[0].0;
+        let expect: Vec<IpAddr> = (2..5).map(|k| from_u128(block.first() + k, true)).collect();
+        assert_eq!(got, expect);
+        let Compare::CreateRevision(_, rev) = own[0].1 else {
+            panic!("own block guard {:?}", own[0].1)
+        };
         let hint_file = a.hint_path("default").unwrap();
-        let hint = std::fs::read_to_string(&hint_file).unwrap();
-        assert_eq!(hint.trim(), crate::ipam::keys::block_id(&own[0].0));
-        // A hint naming another node's block (and garbage) changes nothing.
+        let read = || Hint::parse(&std::fs::read_to_string(&hint_file).unwrap());
+        assert_eq!(
+            read(),
+            Hint {
+                blocks: vec![(block, rev)],
+                next: Some(from_u128(block.first() + 5, true)),
+            }
+        );
+
+        // Wrong hints change nothing but the round trips: another node's block
+        // (with that node's revision), an address already taken, an unknown
+        // revision, garbage.
         let rb = b
             .allocate(&owner("hb", "node-b"), &[Want::any(&p)])
             .unwrap();
         let b_block = Cidr::parse(&rb.ips[0].block).unwrap();
-        std::fs::write(
-            &hint_file,
-            format!("{}\nnot-a-block\n", crate::ipam::keys::block_id(&b_block)),
-        )
-        .unwrap();
-        let r = a
-            .allocate(&owner("h9", "node-a"), &[Want::any(&p)])
+        let b_rev = match &b.own_blocks(&p).unwrap()[0].1 {
+            Compare::CreateRevision(_, r) => *r,
+            other => panic!("{other:?}"),
+        };
+        let b_next = from_u128(b_block.first() + 3, true);
+        let wrong = [
+            format!(
+                "{} {b_rev}\nnext {b_next}\n",
+                crate::ipam::keys::block_id(&b_block)
+            ),
+            format!(
+                "{} {rev}\nnext {}\n",
+                crate::ipam::keys::block_id(&block),
+                got[0]
+            ),
+            format!(
+                "{} 0\nnext {}\n",
+                crate::ipam::keys::block_id(&block),
+                from_u128(block.first() + 9, true)
+            ),
+            format!(
+                "{} {rev}\nnot-a-block\nnext 999.1.1.1\n",
+                crate::ipam::keys::block_id(&block)
+            ),
+        ];
+        for (i, text) in wrong.iter().enumerate() {
+            std::fs::write(&hint_file, text).unwrap();
+            let r = a
+                .allocate(&owner(&format!("w{i}"), "node-a"), &[Want::any(&p)])
+                .unwrap();
+            assert_eq!(r.ips[0].block, block.to_string(), "hint {text:?}");
+            assert!(
+                seen.insert(addr(&r)),
+                "duplicate {} after hint {text:?}",
+                addr(&r)
+            );
+            assert_ne!(addr(&r), addr(&rb));
+            // Mended: this node's block with its revision, and a next address.
+            let mended = read();
+            assert_eq!(mended.blocks, vec![(block, rev)], "after hint {text:?}");
+            assert!(mended.next.is_some());
+        }
+        counting.take();
+
+        // A repeated ADD with a warm hint: the same record, in one call.
+        let again = a
+            .allocate_or_find(&owner("h2", "node-a"), &[Want::any(&p)])
             .unwrap();
-        assert_eq!(r.ips[0].block, own[0].0.to_string());
-        assert!(seen.insert(addr(&r)), "duplicate {}", addr(&r));
-        assert_ne!(addr(&r), addr(&rb));
-        let hint = std::fs::read_to_string(&hint_file).unwrap();
-        assert_eq!(hint.trim(), crate::ipam::keys::block_id(&own[0].0));
+        assert!(again.1);
+        assert_eq!(Cidr::parse(&again.0.ips[0].address).unwrap().addr(), got[2]);
+        assert_eq!(counting.take(), ["txn_or_read"]);
+
+        // A release below the hinted next address makes it the next one (the
+        // lowest free address first), still in one call.
+        a.release(&owner("h0", "node-a").id()).unwrap().unwrap();
+        assert_eq!(read().next, Some(got[0]));
+        counting.take();
+        let r = a
+            .allocate(&owner("h0-again", "node-a"), &[Want::any(&p)])
+            .unwrap();
+        assert_eq!(Cidr::parse(&r.ips[0].address).unwrap().addr(), got[0]);
+        assert_eq!(counting.take(), ["txn_or_read"]);
+
+        // A config that disagrees with the stored pool is refused (code 7) even
+        // when the hint's block and address fit it.
+        let half = Cidr::new(block.addr(), 17).unwrap().canonical();
+        let narrower = pool("default", &half.to_string(), 26);
+        let e = a
+            .allocate(&owner("mismatch", "node-a"), &[Want::any(&narrower)])
+            .unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        assert_eq!(counting.take()[0], "txn_or_read");
+        assert!(a.find(&owner("mismatch", "node-a").id()).unwrap().is_none());
         std::fs::remove_dir_all(dir).ok();
     }
 

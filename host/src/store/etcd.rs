@@ -319,6 +319,71 @@ fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
     }
 }
 
+/// The range requests of a batch of reads.
+fn get_ops(reads: &[Read], freshness: Freshness) -> Vec<TxnOp> {
+    reads
+        .iter()
+        .map(|r| {
+            let (key, mut o) = match r {
+                Read::Get(key) => (key.as_str(), GetOptions::new()),
+                Read::Range { prefix, keys_only } => {
+                    let o = GetOptions::new().with_prefix();
+                    (
+                        prefix.as_str(),
+                        if *keys_only { o.with_keys_only() } else { o },
+                    )
+                }
+            };
+            if freshness == Freshness::MayLag {
+                o = o.with_serializable();
+            }
+            TxnOp::get(key, Some(o))
+        })
+        .collect()
+}
+
+/// The answers to `expected` reads, in order.
+fn answers(responses: Vec<TxnOpResponse>, expected: usize) -> Result<Vec<Vec<KeyValue>>> {
+    let answers: Vec<Vec<KeyValue>> = responses
+        .iter()
+        .map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().iter().map(convert).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    if answers.len() != expected {
+        return Err(Error::Store(format!(
+            "etcd answered {} of {expected} reads in a batch",
+            answers.len()
+        )));
+    }
+    Ok(answers)
+}
+
+/// A transaction's compares and its two branches, in etcd's terms.
+fn txn_parts(txn: &Txn) -> (Vec<ECompare>, Vec<TxnOp>, Vec<TxnOp>) {
+    let compares: Vec<ECompare> = txn
+        .compares
+        .iter()
+        .map(|c| match c {
+            Compare::CreateRevision(k, r) => {
+                ECompare::create_revision(k.as_str(), CompareOp::Equal, *r)
+            }
+            Compare::ModRevision(k, r) => ECompare::mod_revision(k.as_str(), CompareOp::Equal, *r),
+            Compare::Value(k, v) => ECompare::value(k.as_str(), CompareOp::Equal, v.clone()),
+        })
+        .collect();
+    let ops = |ops: &[Op]| -> Vec<TxnOp> {
+        ops.iter()
+            .map(|o| match o {
+                Op::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
+                Op::Delete(k) => TxnOp::delete(k.as_str(), None),
+            })
+            .collect()
+    };
+    (compares, ops(&txn.success), ops(&txn.failure))
+}
+
 impl Kv for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         let resp = self.call("get", |mut c| async move { c.get(key, None).await })?;
@@ -339,70 +404,16 @@ impl Kv for EtcdStore {
     /// One read-only transaction. All-serializable, it is answered by the connected
     /// member without a round through the leader (etcd's `isTxnSerializable`).
     fn read_batch(&self, reads: &[Read], freshness: Freshness) -> Result<Vec<Vec<KeyValue>>> {
-        let ops: Vec<TxnOp> = reads
-            .iter()
-            .map(|r| {
-                let (key, mut o) = match r {
-                    Read::Get(key) => (key.as_str(), GetOptions::new()),
-                    Read::Range { prefix, keys_only } => {
-                        let o = GetOptions::new().with_prefix();
-                        (
-                            prefix.as_str(),
-                            if *keys_only { o.with_keys_only() } else { o },
-                        )
-                    }
-                };
-                if freshness == Freshness::MayLag {
-                    o = o.with_serializable();
-                }
-                TxnOp::get(key, Some(o))
-            })
-            .collect();
+        let ops = get_ops(reads, freshness);
         let resp = self.call("read", |mut c| {
             let t = ETxn::new().and_then(ops.clone());
             async move { c.txn(t).await }
         })?;
-        let answers: Vec<Vec<KeyValue>> = resp
-            .op_responses()
-            .iter()
-            .map(|r| match r {
-                TxnOpResponse::Get(g) => g.kvs().iter().map(convert).collect(),
-                _ => Vec::new(),
-            })
-            .collect();
-        if answers.len() != reads.len() {
-            return Err(Error::Store(format!(
-                "etcd answered {} of {} reads in a batch",
-                answers.len(),
-                reads.len()
-            )));
-        }
-        Ok(answers)
+        answers(resp.op_responses(), reads.len())
     }
 
     fn txn(&self, txn: Txn) -> Result<bool> {
-        let compares: Vec<ECompare> = txn
-            .compares
-            .iter()
-            .map(|c| match c {
-                Compare::CreateRevision(k, r) => {
-                    ECompare::create_revision(k.as_str(), CompareOp::Equal, *r)
-                }
-                Compare::ModRevision(k, r) => {
-                    ECompare::mod_revision(k.as_str(), CompareOp::Equal, *r)
-                }
-                Compare::Value(k, v) => ECompare::value(k.as_str(), CompareOp::Equal, v.clone()),
-            })
-            .collect();
-        let ops = |ops: &[Op]| -> Vec<TxnOp> {
-            ops.iter()
-                .map(|o| match o {
-                    Op::Put(k, v) => TxnOp::put(k.as_str(), v.clone(), None),
-                    Op::Delete(k) => TxnOp::delete(k.as_str(), None),
-                })
-                .collect()
-        };
-        let (success, failure) = (ops(&txn.success), ops(&txn.failure));
+        let (compares, success, failure) = txn_parts(&txn);
         let resp = self.call("txn", |mut c| {
             let t = ETxn::new()
                 .when(compares.clone())
@@ -411,6 +422,27 @@ impl Kv for EtcdStore {
             async move { c.txn(t).await }
         })?;
         Ok(resp.succeeded())
+    }
+
+    /// One transaction whose failure branch also reads: its answers come from
+    /// the revision the compares failed at.
+    fn txn_or_read(&self, txn: Txn, reads: &[Read]) -> Result<Option<Vec<Vec<KeyValue>>>> {
+        let (compares, success, mut failure) = txn_parts(&txn);
+        failure.extend(get_ops(reads, Freshness::Latest));
+        let resp = self.call("txn", |mut c| {
+            let t = ETxn::new()
+                .when(compares.clone())
+                .and_then(success.clone())
+                .or_else(failure.clone());
+            async move { c.txn(t).await }
+        })?;
+        if resp.succeeded() {
+            return Ok(None);
+        }
+        // The failure branch's own writes answer first, the reads last.
+        let mut all = resp.op_responses();
+        let reads_at = all.len().saturating_sub(reads.len());
+        answers(all.split_off(reads_at), reads.len()).map(Some)
     }
 
     fn ping(&self) -> Result<()> {

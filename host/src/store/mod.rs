@@ -114,6 +114,17 @@ pub trait Kv: Send + Sync {
     }
     /// Apply `txn` atomically; `Ok(true)` when the compares held and `success` ran.
     fn txn(&self, txn: Txn) -> Result<bool>;
+    /// Apply `txn`, or, when its compares fail, answer `reads` instead: "write,
+    /// or show me why not" in one round trip. `Ok(None)` when `success` ran;
+    /// otherwise `failure` ran and the answers are [`Freshness::Latest`] (etcd:
+    /// read in the failure branch of the same transaction; backends without
+    /// round trips read right after).
+    fn txn_or_read(&self, txn: Txn, reads: &[Read]) -> Result<Option<Vec<Vec<KeyValue>>>> {
+        if self.txn(txn)? {
+            return Ok(None);
+        }
+        self.read_batch(reads, Freshness::Latest).map(Some)
+    }
     /// Cheap liveness probe for STATUS (can an ADD reach the store now?).
     fn ping(&self) -> Result<()> {
         self.get("/").map(|_| ())
