@@ -585,10 +585,10 @@ fn breakdown(report: &mut Report) {
         });
         let linker_t = repeat(|| {
             let mut l: Linker<BenchState> = Linker::new(&engine);
-            wasmtime_wasi::p2::add_to_linker_sync(&mut l).expect("link WASI");
+            wasm::link_wasi(&engine, &component, &mut l).expect("link WASI");
         });
         let mut linker: Linker<BenchState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("link WASI");
+        wasm::link_wasi(&engine, &component, &mut linker).expect("link WASI");
         linker
             .define_unknown_imports_as_traps(&component)
             .expect("stub the host imports");
@@ -623,7 +623,8 @@ fn breakdown(report: &mut Report) {
          component file, the cache key (sha256 of the component and the engine's \
          compatibility hash), read the entry and verify its trailer (length and \
          checksum), `Component::deserialize_file` (wasmtime maps the entry), \
-         `check_contract`. Then the linker every ADD builds (WASI p2 sync; the \
+         `check_contract`. Then the linker every ADD builds (the WASI p2 interfaces the \
+         component imports, sync; the \
          plugin adds the ohno:policy host imports to it) and instantiation in a \
          fresh store (WASI context, fuel, epoch deadline; the ohno:policy host \
          imports stubbed as traps here, so no `configure`).",

@@ -60,33 +60,122 @@ const OUTPUT_CAP: usize = 64 * 1024;
 /// The bound on the wasm stack.
 const MAX_WASM_STACK: usize = 512 * 1024;
 
-/// WASI interfaces a Rust `std` component imports, which the host may link
+/// The host's own interfaces a component may import.
+const OWN_IMPORTS: &[&str] = &["ohno:policy/host@0.1.", "ohno:policy/types@0.1."];
+
+/// Links one WASI interface.
+type LinkWasi<T> = fn(&mut Linker<T>) -> wasmtime::Result<()>;
+
+/// Access to the resource table, for the `wasi:io` interfaces.
+struct HasTable;
+
+impl wasmtime::component::HasData for HasTable {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// The WASI interfaces a Rust `std` component imports, which the host may link
 /// because the deny-everything context makes them harmless (no preopens, no
-/// network, no environment). Anything else is refused at load.
-const ALLOWED_IMPORTS: &[&str] = &[
-    "ohno:policy/host@0.1.",
-    "ohno:policy/types@0.1.",
-    "wasi:cli/environment@0.2.",
-    "wasi:cli/exit@0.2.",
-    "wasi:cli/stdin@0.2.",
-    "wasi:cli/stdout@0.2.",
-    "wasi:cli/stderr@0.2.",
-    "wasi:cli/terminal-input@0.2.",
-    "wasi:cli/terminal-output@0.2.",
-    "wasi:cli/terminal-stdin@0.2.",
-    "wasi:cli/terminal-stdout@0.2.",
-    "wasi:cli/terminal-stderr@0.2.",
-    "wasi:io/error@0.2.",
-    "wasi:io/poll@0.2.",
-    "wasi:io/streams@0.2.",
-    "wasi:clocks/wall-clock@0.2.",
-    "wasi:clocks/monotonic-clock@0.2.",
-    "wasi:random/random@0.2.",
-    "wasi:random/insecure@0.2.",
-    "wasi:random/insecure-seed@0.2.",
-    "wasi:filesystem/types@0.2.",
-    "wasi:filesystem/preopens@0.2.",
-];
+/// network, no environment), each with the function that links it. Anything
+/// else is refused at load. Only the interfaces a component imports are linked:
+/// linking costs per function, on every ADD (the sockets alone are a third of
+/// WASI, and the sandbox never links them).
+fn wasi_imports<T: WasiView + 'static>() -> [(&'static str, LinkWasi<T>); 20] {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io, random, sync};
+    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+    [
+        ("wasi:cli/environment@0.2.", |l| {
+            cli::environment::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:cli/exit@0.2.", |l| {
+            cli::exit::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:cli/stdin@0.2.", |l| {
+            cli::stdin::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:cli/stdout@0.2.", |l| {
+            cli::stdout::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:cli/stderr@0.2.", |l| {
+            cli::stderr::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:cli/terminal-input@0.2.", |l| {
+            cli::terminal_input::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:cli/terminal-output@0.2.", |l| {
+            cli::terminal_output::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:cli/terminal-stdin@0.2.", |l| {
+            cli::terminal_stdin::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:cli/terminal-stdout@0.2.", |l| {
+            cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:cli/terminal-stderr@0.2.", |l| {
+            cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)
+        }),
+        ("wasi:io/error@0.2.", |l| {
+            io::error::add_to_linker::<T, HasTable>(l, |t| t.ctx().table)
+        }),
+        ("wasi:io/poll@0.2.", |l| {
+            sync::io::poll::add_to_linker::<T, HasTable>(l, |t| t.ctx().table)
+        }),
+        ("wasi:io/streams@0.2.", |l| {
+            sync::io::streams::add_to_linker::<T, HasTable>(l, |t| t.ctx().table)
+        }),
+        ("wasi:clocks/wall-clock@0.2.", |l| {
+            clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)
+        }),
+        ("wasi:clocks/monotonic-clock@0.2.", |l| {
+            clocks::monotonic_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)
+        }),
+        ("wasi:random/random@0.2.", |l| {
+            random::random::add_to_linker::<T, WasiRandom>(l, T::random)
+        }),
+        ("wasi:random/insecure@0.2.", |l| {
+            random::insecure::add_to_linker::<T, WasiRandom>(l, T::random)
+        }),
+        ("wasi:random/insecure-seed@0.2.", |l| {
+            random::insecure_seed::add_to_linker::<T, WasiRandom>(l, T::random)
+        }),
+        ("wasi:filesystem/types@0.2.", |l| {
+            sync::filesystem::types::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)
+        }),
+        ("wasi:filesystem/preopens@0.2.", |l| {
+            filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)
+        }),
+    ]
+}
+
+/// Whether the sandbox provides `import`.
+fn allowed(import: &str) -> bool {
+    OWN_IMPORTS.iter().any(|a| import.starts_with(a))
+        || wasi_imports::<HostState>()
+            .iter()
+            .any(|(a, _)| import.starts_with(a))
+}
+
+/// Link the WASI interfaces `component` imports (only allowed ones are known:
+/// [`check_contract`] refuses the rest).
+pub fn link_wasi<T: WasiView + 'static>(
+    engine: &Engine,
+    component: &Component,
+    linker: &mut Linker<T>,
+) -> wasmtime::Result<()> {
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    for (prefix, link) in wasi_imports::<T>() {
+        if imports.iter().any(|i| i.starts_with(prefix)) {
+            link(linker)?;
+        }
+    }
+    Ok(())
+}
 
 pub use super::conf::{
     FailurePolicy, PolicyConf, DEFAULT_CACHE_DIR, DEFAULT_FUEL, DEFAULT_MEMORY_MB,
@@ -576,7 +665,7 @@ pub fn check_contract(engine: &Engine, component: &Component, name: &str) -> Res
         ));
     }
     for (import, _) in ty.imports(engine) {
-        if !ALLOWED_IMPORTS.iter().any(|a| import.starts_with(a)) {
+        if !allowed(import) {
             return Err(fault(
                 name,
                 format!("imports {import}, which the policy sandbox does not provide (no files, network or other host access)"),
@@ -664,7 +753,7 @@ impl WasmPolicy {
         let engine = engine()?;
         let (component, cache) = load_component(&engine, &conf.path, &conf.cache_dir)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        link_wasi(&engine, &component, &mut linker)
             .map_err(|e| fault(&name, format!("link WASI: {e:#}")))?;
         PolicyWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| fault(&name, format!("link host imports: {e:#}")))?;
