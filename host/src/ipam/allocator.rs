@@ -19,6 +19,11 @@ use crate::store::{Compare, Freshness, KeyValue, Kv, Read, Txn};
 /// How many times a transaction that lost a race is retried before code 11.
 pub const MAX_ATTEMPTS: usize = 64;
 
+/// Hinted blocks per pool whose addresses the first look fetches (the rest are
+/// read when needed): a batch stays well inside etcd's 128 operations per
+/// transaction however many blocks a node holds.
+const PREFETCH_BLOCKS: usize = 32;
+
 /// One address to allocate: from `pool`, a specific `address` or any free one.
 #[derive(Debug, Clone, Copy)]
 pub struct Want<'p> {
@@ -403,7 +408,7 @@ impl<'a> Allocator<'a> {
                 prefix: self.keys.affinities(&self.node, &w.pool.name),
                 keys_only: true,
             });
-            for (b, _) in &hint.blocks {
+            for (b, _) in hint.blocks.iter().take(PREFETCH_BLOCKS) {
                 reads.push(Read::Range {
                     prefix: self.keys.ips_of_block(&w.pool.name, b),
                     keys_only: true,
@@ -452,7 +457,7 @@ impl<'a> Allocator<'a> {
                 None => self.ensure_pool(w.pool)?,
             }
             let affinities = &snapshot[at + 1];
-            let n = hint.blocks.len();
+            let n = hint.blocks.len().min(PREFETCH_BLOCKS);
             let used: Vec<(Cidr, &[KeyValue])> = hint
                 .blocks
                 .iter()
@@ -1328,6 +1333,26 @@ pub(crate) mod suite {
         std::fs::remove_dir_all(dir).ok();
     }
 
+    /// A node holding more blocks than one etcd transaction may read (128
+    /// operations) still allocates with hints: the first look fetches a bounded
+    /// number of blocks.
+    pub fn many_blocks_on_one_node(kv: &dyn Kv) {
+        // /30 blocks hold one usable address each: every ADD claims a block.
+        let p = pool("tiny", "10.99.0.0/22", 30);
+        let dir = std::env::temp_dir().join(format!("ohno-many-{}-{}", std::process::id(), now()));
+        let a = Allocator::new(kv, "/ohno", "node-a").with_block_hints(dir.clone(), 9);
+        let mut seen = HashSet::new();
+        for i in 0..140 {
+            let r = a
+                .allocate(&owner(&format!("m{i}"), "node-a"), &[Want::any(&p)])
+                .unwrap_or_else(|e| panic!("allocation {i}: {e}"));
+            assert!(seen.insert(addr(&r)), "duplicate {}", addr(&r));
+        }
+        assert_eq!(a.own_blocks(&p).unwrap().len(), 140);
+        assert_eq!(a.read_hint("tiny").blocks.len(), 140);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     pub fn conflicts_are_retried(kv: &dyn Kv, inject: &dyn Fn(u32)) {
         let p = pool("default", "10.85.0.0/16", 26);
         let a = Allocator::new(kv, "/ohno", "node-a");
@@ -1388,6 +1413,7 @@ pub(crate) mod suite {
         pool_mismatch_between_nodes_is_code_7(&*kv_factory());
         nodes_get_separate_blocks(&*kv_factory());
         block_hints_are_kept_and_a_wrong_hint_is_harmless(&*kv_factory());
+        many_blocks_on_one_node(&*kv_factory());
     }
 }
 
