@@ -413,15 +413,7 @@ impl Kv for EtcdStore {
     }
 
     fn txn(&self, txn: Txn) -> Result<bool> {
-        let (compares, success, failure) = txn_parts(&txn);
-        let resp = self.call("txn", |mut c| {
-            let t = ETxn::new()
-                .when(compares.clone())
-                .and_then(success.clone())
-                .or_else(failure.clone());
-            async move { c.txn(t).await }
-        })?;
-        Ok(resp.succeeded())
+        Ok(self.txn_or_read(txn, &[])?.is_none())
     }
 
     /// One transaction whose failure branch also reads: its answers come from
