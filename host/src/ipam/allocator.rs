@@ -895,27 +895,38 @@ impl<'a> Allocator<'a> {
                 return Ok(None);
             };
             let record: AttachmentRecord = decode(&att)?;
+            let addresses = self.address_keys(&att_key, &record)?;
             let mut txn = Txn::new()
                 .when(Compare::ModRevision(att_key.clone(), att.mod_revision))
                 .delete(&att_key);
             let mut freed: Vec<(&str, IpAddr)> = Vec::new();
-            for ip in &record.ips {
-                let (Ok(addr), Ok(block)) = (
-                    ip.address.split('/').next().unwrap_or("").parse::<IpAddr>(),
-                    Cidr::parse(&ip.block),
-                ) else {
-                    return Err(Error::Store(format!(
-                        "attachment {att_key} holds a malformed address {ip:?}"
-                    )));
-                };
-                let key = self.keys.ip(&ip.pool, &block, addr);
-                if let Some(kv) = self.kv.get(&key)? {
+            if attempt == 0 {
+                // Each address key still holds what the ADD wrote there: this
+                // attachment's owner record. Compared by value, it needs no read
+                // of its own; anything else (a key gone, or another holder) fails
+                // the compare and takes the careful way below.
+                let owner = encode(&record.owner);
+                let mut fast = txn.clone();
+                for (pool, addr, key) in &addresses {
+                    fast = fast
+                        .when(Compare::Value(key.clone(), owner.clone()))
+                        .delete(key);
+                    freed.push((pool, *addr));
+                }
+                if self.kv.txn(fast)? {
+                    self.released(id, &freed);
+                    return Ok(Some(record));
+                }
+                freed.clear();
+            }
+            for (pool, addr, key) in &addresses {
+                if let Some(kv) = self.kv.get(key)? {
                     let holder: Owner = decode(&kv)?;
                     if holder.id() == *id {
                         txn = txn
                             .when(Compare::ModRevision(key.clone(), kv.mod_revision))
                             .delete(key);
-                        freed.push((ip.pool.as_str(), addr));
+                        freed.push((pool, *addr));
                     } else {
                         log::warn!(
                             "{key} is held by {}, not by {}; leaving it",
@@ -926,10 +937,7 @@ impl<'a> Allocator<'a> {
                 }
             }
             if self.kv.txn(txn)? {
-                log::debug!("released {}/{}/{}", id.network, id.container_id, id.ifname);
-                for (pool, addr) in freed {
-                    self.hint_freed(pool, addr);
-                }
+                self.released(id, &freed);
                 return Ok(Some(record));
             }
             backoff(attempt);
@@ -938,6 +946,37 @@ impl<'a> Allocator<'a> {
             "store contention releasing {}",
             id.container_id
         )))
+    }
+
+    /// The pool, address and address key of each of the record's addresses.
+    fn address_keys<'r>(
+        &self,
+        att_key: &str,
+        record: &'r AttachmentRecord,
+    ) -> Result<Vec<(&'r str, IpAddr, String)>> {
+        record
+            .ips
+            .iter()
+            .map(|ip| {
+                let (Ok(addr), Ok(block)) = (
+                    ip.address.split('/').next().unwrap_or("").parse::<IpAddr>(),
+                    Cidr::parse(&ip.block),
+                ) else {
+                    return Err(Error::Store(format!(
+                        "attachment {att_key} holds a malformed address {ip:?}"
+                    )));
+                };
+                Ok((ip.pool.as_str(), addr, self.keys.ip(&ip.pool, &block, addr)))
+            })
+            .collect()
+    }
+
+    /// After a release: log it and move the hints' next addresses down.
+    fn released(&self, id: &AttachmentId, freed: &[(&str, IpAddr)]) {
+        log::debug!("released {}/{}/{}", id.network, id.container_id, id.ifname);
+        for (pool, addr) in freed {
+            self.hint_freed(pool, *addr);
+        }
     }
 
     /// Every attachment recorded for `network` (or all networks).
@@ -1057,10 +1096,17 @@ pub(crate) mod suite {
 
     pub fn release_deletes_both_keys_and_is_idempotent(kv: &dyn Kv) {
         let p = pool("default", "10.85.0.0/16", 26);
-        let a = Allocator::new(kv, "/ohno", "node-a");
+        let counting = Counting {
+            kv,
+            calls: Default::default(),
+        };
+        let a = Allocator::new(&counting, "/ohno", "node-a");
         let o = owner("rel", "node-a");
         let r = a.allocate(&o, &[Want::any(&p)]).unwrap();
+        counting.take();
         assert_eq!(a.release(&o.id()).unwrap().unwrap().ips, r.ips);
+        // The attachment is read; the address keys are compared by value.
+        assert_eq!(counting.take(), ["get", "txn"]);
         assert!(a.release(&o.id()).unwrap().is_none());
         assert!(kv.range("/ohno/ips/", true).unwrap().is_empty());
         assert!(kv.range("/ohno/attachments/", true).unwrap().is_empty());
@@ -1069,6 +1115,20 @@ pub(crate) mod suite {
             .allocate(&owner("next", "node-a"), &[Want::any(&p)])
             .unwrap();
         assert_eq!(r2.ips[0].address, r.ips[0].address);
+
+        // An address key that another attachment holds (an operator's repair,
+        // a bug elsewhere) is left to it; the attachment goes.
+        let o3 = owner("third", "node-a");
+        let r3 = a.allocate(&o3, &[Want::any(&p)]).unwrap();
+        let block = Cidr::parse(&r3.ips[0].block).unwrap();
+        let ip = Cidr::parse(&r3.ips[0].address).unwrap().addr();
+        let key = a.keys().ip("default", &block, ip);
+        let other = owner("other", "node-b");
+        assert!(kv.txn(Txn::new().put(&key, encode(&other))).unwrap());
+        assert_eq!(a.release(&o3.id()).unwrap().unwrap().ips, r3.ips);
+        assert!(a.find(&o3.id()).unwrap().is_none());
+        let held: Owner = decode(&kv.get(&key).unwrap().unwrap()).unwrap();
+        assert_eq!(held.container_id, "other");
     }
 
     pub fn exhaustion_names_the_pool_and_writes_nothing(kv: &dyn Kv) {
