@@ -521,9 +521,72 @@ pub mod cache {
         payload(&raw).map(<[u8]>::to_vec)
     }
 
-    /// True when the entry at `path` is whole and undamaged.
+    /// True when the entry at `path` is whole and undamaged. The entry is
+    /// mapped with its pages populated in one call rather than read into a
+    /// fresh buffer, whose every page faults on the way in: ~150 faults for a
+    /// 600 KiB entry, ~0.6 ms of an ADD on a VM where a fault costs ~4 µs.
     pub fn verify(path: &Path) -> bool {
-        std::fs::read(path).is_ok_and(|raw| payload(&raw).is_some())
+        Mapped::open(path).is_ok_and(|m| payload(m.bytes()).is_some())
+    }
+
+    /// A whole file mapped read-only, its pages mapped up front (`MAP_POPULATE`).
+    struct Mapped {
+        ptr: *mut libc::c_void,
+        len: usize,
+    }
+
+    impl Mapped {
+        fn open(path: &Path) -> std::io::Result<Mapped> {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(path)?;
+            let len = usize::try_from(file.metadata()?.len())
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+            if len == 0 {
+                return Ok(Mapped {
+                    ptr: std::ptr::null_mut(),
+                    len,
+                });
+            }
+            // SAFETY: a new private read-only mapping of an open file, owned by
+            // the returned value and unmapped on drop; no Rust reference aliases
+            // it mutably. Entries are replaced by rename, never rewritten in
+            // place, so the mapped inode keeps its length (truncating one under
+            // a running ADD would be a SIGBUS, as for wasmtime's own mapping).
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                    file.as_raw_fd(),
+                    0,
+                )
+            };
+            if ptr == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Mapped { ptr, len })
+        }
+
+        fn bytes(&self) -> &[u8] {
+            if self.len == 0 {
+                return &[];
+            }
+            // SAFETY: `ptr` maps `len` readable bytes for the life of `self`.
+            unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+        }
+    }
+
+    impl Drop for Mapped {
+        fn drop(&mut self) {
+            if self.len > 0 {
+                // SAFETY: unmaps exactly the mapping `open` made; no slice of it
+                // outlives `self`.
+                unsafe {
+                    libc::munmap(self.ptr, self.len);
+                }
+            }
+        }
     }
 
     /// Write an entry atomically, mode 0600, directory 0700.
@@ -1016,6 +1079,7 @@ mod tests {
         let path = cache::entry(&dir, "k");
         cache::write(&dir, &path, b"payload bytes").unwrap();
         assert_eq!(cache::read(&path).unwrap(), b"payload bytes");
+        assert!(cache::verify(&path));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -1027,6 +1091,7 @@ mod tests {
             cache::read(&path).is_none(),
             "truncated entry must not load"
         );
+        assert!(!cache::verify(&path), "truncated entry must not verify");
         let mut flipped = raw.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
@@ -1035,6 +1100,15 @@ mod tests {
             cache::read(&path).is_none(),
             "corrupted entry must not load"
         );
+        assert!(!cache::verify(&path), "corrupted trailer must not verify");
+        let mut flipped = raw.clone();
+        flipped[0] ^= 0x01;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(!cache::verify(&path), "corrupted payload must not verify");
+        std::fs::write(&path, b"").unwrap();
+        assert!(!cache::verify(&path), "an empty entry must not verify");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!cache::verify(&path), "a missing entry must not verify");
         std::fs::remove_dir_all(dir).ok();
     }
 
