@@ -172,6 +172,11 @@ fn check_pool(pool: &PoolConf, kv: &KeyValue) -> Result<()> {
     ))
 }
 
+/// The block a block or affinity key names, when it is a block of `layout`'s pool.
+fn block_of_key(layout: &Layout, kv: &KeyValue) -> Option<Cidr> {
+    parse_block_id(last_segment(&kv.key)).filter(|b| layout.owns_block(b))
+}
+
 /// The addresses named by the keys of an `ips_of_block` range, as numbers.
 fn addresses_of(kvs: &[KeyValue]) -> BTreeSet<u128> {
     kvs.iter()
@@ -450,6 +455,8 @@ impl<'a> Allocator<'a> {
             }
         }
         let mut prefetched: Vec<Option<Prefetched<'_>>> = Vec::with_capacity(wants.len());
+        // This node's blocks of each pool as this read saw them, for the hints.
+        let mut own_seen: Vec<Vec<(Cidr, i64)>> = Vec::with_capacity(wants.len());
         let mut at = 1;
         for (w, hint) in wants.iter().zip(&hints) {
             match snapshot[at].first() {
@@ -457,6 +464,13 @@ impl<'a> Allocator<'a> {
                 None => self.ensure_pool(w.pool)?,
             }
             let affinities = &snapshot[at + 1];
+            let layout = Layout::new(w.pool);
+            own_seen.push(
+                affinities
+                    .iter()
+                    .filter_map(|kv| Some((block_of_key(&layout, kv)?, kv.create_revision)))
+                    .collect(),
+            );
             let n = hint.blocks.len().min(PREFETCH_BLOCKS);
             let used: Vec<(Cidr, &[KeyValue])> = hint
                 .blocks
@@ -467,22 +481,6 @@ impl<'a> Allocator<'a> {
             at += 2 + n;
             prefetched.push(Some(Prefetched { affinities, used }));
         }
-        let own_seen: Vec<Vec<(Cidr, i64)>> = wants
-            .iter()
-            .zip(&prefetched)
-            .map(|(w, p)| {
-                let layout = Layout::new(w.pool);
-                p.as_ref()
-                    .map(|p| self.blocks_of(&layout, p.affinities))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(b, guard)| match guard {
-                        Compare::CreateRevision(_, rev) => Some((b, rev)),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .collect();
         for attempt in 0..MAX_ATTEMPTS {
             let mut picks: Vec<Pick> = Vec::with_capacity(wants.len());
             for (w, prefetched) in wants.iter().zip(prefetched.iter_mut()) {
@@ -757,9 +755,7 @@ impl<'a> Allocator<'a> {
     fn borrow(&self, pool: &PoolConf, attempt: usize) -> Result<Option<Pick>> {
         let layout = Layout::new(pool);
         for kv in self.kv.range(&self.keys.blocks_of_pool(&pool.name), true)? {
-            let Some(block) =
-                parse_block_id(last_segment(&kv.key)).filter(|b| layout.owns_block(b))
-            else {
+            let Some(block) = block_of_key(&layout, &kv) else {
                 continue;
             };
             let used = self.used(pool, &block)?;
@@ -794,13 +790,11 @@ impl<'a> Allocator<'a> {
         affinities
             .iter()
             .filter_map(|kv| {
-                let b = parse_block_id(last_segment(&kv.key))?;
-                layout.owns_block(&b).then(|| {
-                    (
-                        b,
-                        Compare::CreateRevision(kv.key.clone(), kv.create_revision),
-                    )
-                })
+                let b = block_of_key(layout, kv)?;
+                Some((
+                    b,
+                    Compare::CreateRevision(kv.key.clone(), kv.create_revision),
+                ))
             })
             .collect()
     }
@@ -858,8 +852,7 @@ impl<'a> Allocator<'a> {
             .kv
             .range(&self.keys.blocks_of_pool(&pool.name), true)?
             .iter()
-            .filter_map(|kv| parse_block_id(last_segment(&kv.key)))
-            .filter(|b| layout.owns_block(b))
+            .filter_map(|kv| block_of_key(&layout, kv))
             .map(|b| layout.block_index(&b))
             .collect();
         let (lo, hi) = layout.candidate_blocks();
