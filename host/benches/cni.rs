@@ -562,6 +562,8 @@ fn etcd_conf(etcd: &EtcdNode, prefix: &str) -> EtcdConf {
         key_file: Some(etcd.cluster.cert("client-key.pem")),
         timeout_ms: 5000,
         retries: 3,
+        persist_ms: 0,
+        helper_dir: None,
     }
 }
 

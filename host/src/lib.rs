@@ -16,3 +16,22 @@ pub mod policy;
 pub mod store;
 
 pub use error::{Error, Result};
+
+/// The identity of the file at `path` — device, inode, size, modification and
+/// change times (a change time cannot be set back) — for what is remembered
+/// against a file's content without reading it: a changed or replaced file has
+/// another identity.
+pub fn file_identity(path: &std::path::Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok(format!(
+        "{}:{}:{}:{}.{}:{}.{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    ))
+}

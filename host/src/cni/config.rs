@@ -112,6 +112,7 @@ struct RawStore {
     key_file: Option<String>,
     timeout_ms: Option<u64>,
     retries: Option<u32>,
+    persist_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -156,8 +157,11 @@ pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 1000;
 /// Default number of attempts (each on the next endpoint) before code 11.
 pub const DEFAULT_ETCD_RETRIES: u32 = 3;
 
+/// Default time the etcd connection helper stays after the last call.
+pub const DEFAULT_ETCD_PERSIST_MS: u64 = 30_000;
+
 /// How to reach etcd.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct EtcdConf {
     /// `https://host:port` (mutual TLS) or `http://host:port` (development).
     pub endpoints: Vec<String>,
@@ -169,6 +173,11 @@ pub struct EtcdConf {
     pub timeout_ms: u64,
     /// Attempts before giving up with "try again later".
     pub retries: u32,
+    /// How long the node-local connection helper keeps the connection after
+    /// the last call (0: every call connects on its own).
+    pub persist_ms: u64,
+    /// Where the helper's socket goes (`ipam.lockDir`); None: no helper.
+    pub helper_dir: Option<PathBuf>,
 }
 
 impl StoreConf {
@@ -482,13 +491,17 @@ fn parse_ipam(raw: Option<&RawIpam>) -> Result<IpamConf> {
         }
         routes.push(RouteConf { dst, gw });
     }
-    let store = parse_store(raw.store.as_ref())?;
+    let mut store = parse_store(raw.store.as_ref())?;
+    let lock_dir = PathBuf::from(raw.lock_dir.as_deref().unwrap_or(DEFAULT_LOCK_DIR));
+    if let StoreConf::Etcd(e) = &mut store {
+        e.helper_dir = Some(lock_dir.clone());
+    }
     Ok(IpamConf {
         pools,
         routes,
         store,
         strict_affinity: raw.strict_affinity.unwrap_or(true),
-        lock_dir: PathBuf::from(raw.lock_dir.as_deref().unwrap_or(DEFAULT_LOCK_DIR)),
+        lock_dir,
     })
 }
 
@@ -691,6 +704,13 @@ fn parse_etcd(raw: Option<&RawStore>, prefix: String) -> Result<StoreConf> {
             format!("{retries} is outside 1..=10"),
         ));
     }
+    let persist_ms = raw.persist_ms.unwrap_or(DEFAULT_ETCD_PERSIST_MS);
+    if persist_ms > 3_600_000 {
+        return Err(Error::config(
+            "ipam.store.persistMs",
+            format!("{persist_ms} is outside 0..=3600000"),
+        ));
+    }
     Ok(StoreConf::Etcd(EtcdConf {
         endpoints: raw.endpoints.clone(),
         prefix,
@@ -699,6 +719,8 @@ fn parse_etcd(raw: Option<&RawStore>, prefix: String) -> Result<StoreConf> {
         key_file: raw.key_file.as_ref().map(PathBuf::from),
         timeout_ms,
         retries,
+        persist_ms,
+        helper_dir: None,
     }))
 }
 
@@ -810,6 +832,25 @@ mod tests {
                 prefix: "/ohno".into()
             }
         );
+    }
+
+    #[test]
+    fn etcd_connection_helper_settings() {
+        let mut v = base();
+        v["ipam"]["store"] = json!({"type": "etcd", "endpoints": ["http://127.0.0.1:2379"]});
+        v["ipam"]["lockDir"] = json!("/run/ohno-test");
+        let StoreConf::Etcd(e) = conf(v.clone()).unwrap().ipam.store else {
+            panic!("not etcd")
+        };
+        assert_eq!(e.persist_ms, DEFAULT_ETCD_PERSIST_MS);
+        assert_eq!(e.helper_dir, Some(PathBuf::from("/run/ohno-test")));
+        v["ipam"]["store"]["persistMs"] = json!(0);
+        let StoreConf::Etcd(e) = conf(v.clone()).unwrap().ipam.store else {
+            panic!("not etcd")
+        };
+        assert_eq!(e.persist_ms, 0);
+        v["ipam"]["store"]["persistMs"] = json!(3_600_001);
+        assert!(field_error(v).contains("ipam.store.persistMs"));
     }
 
     #[test]

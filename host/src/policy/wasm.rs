@@ -475,20 +475,9 @@ pub mod cache {
         path: &Path,
         dir: &Path,
     ) -> std::io::Result<(String, Option<Vec<u8>>)> {
-        use std::os::unix::fs::MetadataExt;
         // The identity is taken before the bytes are read: a file changed in
         // between is remembered under an identity it no longer has.
-        let m = std::fs::metadata(path)?;
-        let identity = format!(
-            "{}:{}:{}:{}.{}:{}.{}",
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec()
-        );
+        let identity = crate::file_identity(path)?;
         let mut tag = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut tag);
         let head = format!("{INDEX_MAGIC}\n{identity}\n{:016x}\n", tag.finish());

@@ -170,6 +170,19 @@ impl EtcdStore {
     /// Build the client. Reads the certificates now (a bad path is code 7) but
     /// connects lazily, on the first request.
     pub fn open(conf: &EtcdConf) -> Result<EtcdStore> {
+        Self::open_on(conf, tokio::runtime::Builder::new_current_thread())
+    }
+
+    /// [`EtcdStore::open`] for a store many threads call at once (the
+    /// connection helper): the connection is driven by a worker thread, so
+    /// requests from several threads share it concurrently.
+    pub fn open_shared(conf: &EtcdConf) -> Result<EtcdStore> {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(1);
+        Self::open_on(conf, rt)
+    }
+
+    fn open_on(conf: &EtcdConf, mut rt: tokio::runtime::Builder) -> Result<EtcdStore> {
         let timeout = Duration::from_millis(conf.timeout_ms);
         let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
@@ -197,7 +210,7 @@ impl EtcdStore {
             }
             options = options.with_tls(tls);
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = rt
             .enable_all()
             .build()
             .map_err(|e| Error::io("start the etcd client runtime", e))?;
@@ -547,6 +560,8 @@ pub(crate) mod testing {
                 key_file: None,
                 timeout_ms: 1000,
                 retries: 2,
+                persist_ms: 0,
+                helper_dir: None,
             }
         }
 
@@ -610,6 +625,8 @@ mod tests {
             key_file: None,
             timeout_ms: 200,
             retries: 2,
+            persist_ms: 0,
+            helper_dir: None,
         };
         let started = std::time::Instant::now();
         let e = EtcdStore::open(&conf).unwrap().get("/x").unwrap_err();
@@ -645,6 +662,8 @@ mod tests {
             key_file: None,
             timeout_ms: 200,
             retries: 1,
+            persist_ms: 0,
+            helper_dir: None,
         };
         let e = EtcdStore::open(&conf).err().unwrap();
         assert_eq!(e.code(), 7);

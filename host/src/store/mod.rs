@@ -6,14 +6,17 @@
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+#[cfg(feature = "etcd")]
+pub mod helper;
 pub mod local;
 pub mod memory;
 
 use crate::cni::config::StoreConf;
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
 
 /// One key with its value and revisions (etcd's `mvccpb.KeyValue`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     pub key: String,
     /// Empty for keys-only ranges.
@@ -23,7 +26,7 @@ pub struct KeyValue {
 }
 
 /// A condition of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compare {
     /// The key's create revision equals this; 0 means "the key does not exist".
     CreateRevision(String, i64),
@@ -41,14 +44,14 @@ impl Compare {
 }
 
 /// A write inside a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
     Put(String, Vec<u8>),
     Delete(String),
 }
 
 /// If every compare holds, apply `success`, else `failure` — atomically.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
     pub compares: Vec<Compare>,
     pub success: Vec<Op>,
@@ -74,7 +77,7 @@ impl Txn {
 }
 
 /// One read of a batch ([`Kv::read_batch`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Read {
     /// One key (its answer has zero or one entries).
     Get(String),
@@ -83,7 +86,7 @@ pub enum Read {
 }
 
 /// How fresh a read must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Freshness {
     /// Reflects every write acknowledged before the read began (etcd: linearizable,
     /// a round through the leader).
@@ -138,7 +141,7 @@ pub fn open(conf: &StoreConf) -> Result<std::sync::Arc<dyn Kv>> {
             Ok(std::sync::Arc::new(local::LocalStore::open(data_dir)?))
         }
         #[cfg(feature = "etcd")]
-        StoreConf::Etcd(e) => Ok(std::sync::Arc::new(etcd::EtcdStore::open(e)?)),
+        StoreConf::Etcd(e) => helper::open(e),
         #[cfg(not(feature = "etcd"))]
         StoreConf::Etcd(_) => Err(crate::error::Error::UnsupportedField {
             field: "ipam.store.type".into(),
