@@ -9,6 +9,7 @@
 pub mod cni;
 pub mod commands;
 pub mod error;
+pub mod helper;
 pub mod ipam;
 pub mod logging;
 pub mod net;
