@@ -1263,7 +1263,7 @@ pub(crate) mod suite {
 
     pub fn block_hints_are_kept_and_a_wrong_hint_is_harmless(kv: &dyn Kv) {
         let p = pool("default", "10.85.0.0/16", 26);
-        let dir = std::env::temp_dir().join(format!("ohno-hints-{}-{}", std::process::id(), now()));
+        let dir = scratch_dir("hints");
         let counting = Counting {
             kv,
             calls: Default::default(),
@@ -1386,13 +1386,21 @@ pub(crate) mod suite {
         std::fs::remove_dir_all(dir).ok();
     }
 
+    /// A directory of its own for one suite case: the suite runs on several
+    /// stores at once in one test process.
+    fn scratch_dir(tag: &str) -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::env::temp_dir().join(format!("ohno-{tag}-{}-{n}-{}", std::process::id(), now()))
+    }
+
     /// A node holding more blocks than one etcd transaction may read (128
     /// operations) still allocates with hints: the first look fetches a bounded
     /// number of blocks.
     pub fn many_blocks_on_one_node(kv: &dyn Kv) {
         // /30 blocks hold one usable address each: every ADD claims a block.
         let p = pool("tiny", "10.99.0.0/22", 30);
-        let dir = std::env::temp_dir().join(format!("ohno-many-{}-{}", std::process::id(), now()));
+        let dir = scratch_dir("many");
         let a = Allocator::new(kv, "/ohno", "node-a").with_block_hints(dir.clone(), 9);
         let mut seen = HashSet::new();
         for i in 0..140 {

@@ -306,7 +306,7 @@ pub fn main_if_helper() -> Option<i32> {
         Duration::from_millis(conf.persist_ms),
         || {
             let kv: Arc<dyn Kv> = Arc::new(
-                super::etcd::EtcdStore::open_shared(&conf)
+                super::etcd::EtcdStore::open(&conf)
                     .map_err(|e| std::io::Error::other(e.to_string()))?,
             );
             Ok(move |stream| serve_connection(&*kv, stream))
