@@ -55,6 +55,10 @@ pub fn main_if_helper() -> Option<i32> {
     if let Some(code) = crate::store::helper::main_if_helper() {
         return Some(code);
     }
+    #[cfg(feature = "wasm")]
+    if let Some(code) = crate::policy::helper::main_if_helper() {
+        return Some(code);
+    }
     None
 }
 

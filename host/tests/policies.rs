@@ -655,7 +655,10 @@ fn the_precompile_cache_is_used_and_a_damaged_entry_is_recompiled() {
     require_root();
     use std::os::unix::fs::PermissionsExt;
     let node = Node::new();
-    let conf = policy_conf(&node, &wasm("pod_ifname"), Value::Null);
+    let mut conf = policy_conf(&node, &wasm("pod_ifname"), Value::Null);
+    // Every ADD loads the component itself (no policy helper): this is the
+    // cache a process without a helper, and each helper's start, loads from.
+    conf["policy"]["persistMs"] = json!(0);
     // The plugin's own lines about the component: at logLevel debug the log
     // also carries Cranelift's ("`wasm[0]::function[3]` compiled in 0.4ms").
     let ours = || -> Vec<String> {
@@ -718,6 +721,133 @@ fn the_precompile_cache_is_used_and_a_damaged_entry_is_recompiled() {
     let p4 = Pod::new();
     add_ok(&node, &p4, &conf, &k8s_args("prod", "web-4"));
     assert_eq!(count("loaded from cache"), 2, "{:#?}", ours());
+}
+
+// ------------------------------------------------------------------ helper
+
+/// The policy helper's socket in `dir`, if there is one.
+fn helper_socket(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .is_some_and(|n| n.starts_with("policy-") && n.ends_with(".sock"))
+        })
+}
+
+/// The PID in the policy helper's lock file, while that process is alive and
+/// is a policy helper.
+fn helper_pid(dir: &Path) -> Option<i32> {
+    let lock = helper_socket(dir)?.with_extension("lock");
+    let pid: i32 = std::fs::read_to_string(lock).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline.starts_with(b"ohno-policy-helper\0").then_some(pid)
+}
+
+/// `conf` with the node's own lock directory (where the helper's socket goes)
+/// and a short `persistMs`.
+fn with_helper(node: &Node, mut conf: Value) -> (Value, PathBuf) {
+    let lock_dir = node.dir.path().join("locks");
+    conf["ipam"]["lockDir"] = json!(lock_dir);
+    conf["policy"]["persistMs"] = json!(1500);
+    (conf, lock_dir)
+}
+
+#[test]
+fn the_policy_helper_decides_later_adds_and_leaves_when_idle() {
+    let _cpu = shared();
+    require_root();
+    let node = Node::new();
+    let (conf, lock_dir) = with_helper(&node, policy_conf(&node, &wasm("pod_ifname"), Value::Null));
+    let host_name = |r: &Value| r["interfaces"][1]["name"].clone();
+
+    // The first ADD loads the component itself and starts the helper.
+    let p1 = Pod::new();
+    let r1 = add_ok(&node, &p1, &conf, &k8s_args("prod", "web-1"));
+    assert_eq!(host_name(&r1), "prod-web-1", "{r1}");
+    assert!(
+        eventually(Duration::from_secs(10), || helper_pid(&lock_dir).is_some()),
+        "no policy helper after the first ADD"
+    );
+    let pid = helper_pid(&lock_dir).expect("helper");
+
+    // The second ADD's decisions come from the helper: the same policy, a
+    // fresh instance; its lines (at the plugin's debug level) are in our log.
+    let p2 = Pod::new();
+    let r2 = add_ok(&node, &p2, &conf, &k8s_args("prod", "web-2"));
+    assert_eq!(host_name(&r2), "prod-web-2", "{r2}");
+    assert!(node.host.link("prod-web-2").is_some(), "{r2}");
+    let log = node.log();
+    let through = log
+        .find("pod_ifname.wasm: through the helper at")
+        .unwrap_or_else(|| panic!("the second ADD did not use the helper:\n{log}"));
+    assert!(
+        log[through..].contains("pod_ifname.wasm: name-interface took"),
+        "the helper's lines did not reach the plugin's log:\n{log}"
+    );
+
+    // The helper dies: the next ADD decides in-process (or through a new
+    // helper), with the same answer.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
+    let p3 = Pod::new();
+    let r3 = add_ok(&node, &p3, &conf, &k8s_args("prod", "web-3"));
+    assert_eq!(host_name(&r3), "prod-web-3", "{r3}");
+
+    for (pod, r) in [(&p1, &r1), (&p2, &r2), (&p3, &r3)] {
+        del_ok(&node, pod, &conf, "", r);
+    }
+    // Idle for persistMs: the helper leaves, and its socket with it.
+    assert!(
+        eventually(Duration::from_secs(8), || helper_pid(&lock_dir).is_none()
+            && helper_socket(&lock_dir).is_none()),
+        "the policy helper outlived persistMs"
+    );
+}
+
+#[test]
+fn a_hostile_policy_in_the_helper_fails_the_add_and_not_the_helper() {
+    let _cpu = shared();
+    require_root();
+    let node = Node::new();
+    let (file, config) = hostile("loop");
+    let (mut conf, lock_dir) = with_helper(&node, policy_conf(&node, &file, config));
+    conf["policy"]["timeoutMs"] = json!(100);
+    let first = Pod::new();
+    error_text(&call(&node, "ADD", &first, &conf, ""), 104);
+    assert!(
+        eventually(Duration::from_secs(10), || helper_pid(&lock_dir).is_some()),
+        "no policy helper after the first ADD"
+    );
+    let pid = helper_pid(&lock_dir).expect("helper");
+    let pod = Pod::new();
+    let out = call(&node, "ADD", &pod, &conf, "");
+    let text = error_text(&out, 104);
+    assert!(
+        text.contains("time limit") || text.contains("fuel"),
+        "{text}"
+    );
+    assert!(text.contains("hostile.wasm"), "{text}");
+    assert!(
+        node.log().contains("hostile.wasm: through the helper at"),
+        "{}",
+        node.log()
+    );
+    assert_nothing_left(&node, &pod, &conf, "a looping policy in the helper");
+    assert_eq!(
+        helper_pid(&lock_dir),
+        Some(pid),
+        "the helper did not survive"
+    );
 }
 
 // ------------------------------------------------------------------ ohnoctl

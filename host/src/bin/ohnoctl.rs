@@ -312,6 +312,7 @@ fn offline_conf(file: &std::path::Path, config: Value) -> ohno::policy::wasm::Po
         fuel: wasm::DEFAULT_FUEL,
         failure_policy: wasm::FailurePolicy::Fail,
         cache_dir: std::env::temp_dir().join("ohno-policy-cache"),
+        persist_ms: 0,
     }
 }
 

@@ -125,7 +125,7 @@ struct RawRuntimeConfig {
 }
 
 /// A validated pool definition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct PoolConf {
     pub name: String,
     pub subnet: Cidr,
@@ -144,7 +144,7 @@ pub struct RouteConf {
 }
 
 /// Which store backend holds the allocations.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub enum StoreConf {
     /// The embedded single-node store (SQLite) under `data_dir`.
     Local { data_dir: PathBuf, prefix: String },

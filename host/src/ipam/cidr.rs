@@ -22,10 +22,27 @@ pub fn from_u128(n: u128, v4: bool) -> IpAddr {
 }
 
 /// An address with a prefix length: `10.85.0.0/16`, `fd00:85::/48`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Serialized as that text.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Cidr, String> {
+        Cidr::parse(&s)
+    }
 }
 
 impl Cidr {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 
 /// What to do when the policy faults (trap, timeout, memory, invalid answer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FailurePolicy {
     /// The ADD fails closed (default).
     Fail,
@@ -16,7 +16,7 @@ pub enum FailurePolicy {
 }
 
 /// The `policy` section of the config.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyConf {
     pub path: PathBuf,
     /// JSON handed to `configure` (`null` when absent).
@@ -26,12 +26,16 @@ pub struct PolicyConf {
     pub fuel: u64,
     pub failure_policy: FailurePolicy,
     pub cache_dir: PathBuf,
+    /// How long the node-local policy helper keeps the loaded component after
+    /// the last ADD (0: every ADD loads it).
+    pub persist_ms: u64,
 }
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 100;
 pub const DEFAULT_MEMORY_MB: u64 = 32;
 pub const DEFAULT_FUEL: u64 = 500_000_000;
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/ohno/policy-cache";
+pub const DEFAULT_PERSIST_MS: u64 = 30_000;
 
 impl PolicyConf {
     /// Parse and validate the `policy` section (code 7 naming the field).
@@ -87,6 +91,18 @@ impl PolicyConf {
                     .and_then(|c| c.as_str())
                     .unwrap_or(DEFAULT_CACHE_DIR),
             ),
+            persist_ms: match obj.get("persistMs") {
+                None => DEFAULT_PERSIST_MS,
+                Some(n) => match n.as_u64() {
+                    Some(n) if n <= 3_600_000 => n,
+                    _ => {
+                        return Err(Error::config(
+                            "policy.persistMs",
+                            format!("{n} is not an integer in 0..=3600000"),
+                        ))
+                    }
+                },
+            },
         })
     }
 }
@@ -103,6 +119,9 @@ mod tests {
         assert_eq!(c.failure_policy, FailurePolicy::Fail);
         assert_eq!(c.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
         assert_eq!(c.config, serde_json::Value::Null);
+        assert_eq!(c.persist_ms, DEFAULT_PERSIST_MS);
+        let c = PolicyConf::parse(&serde_json::json!({"path": "/p.wasm", "persistMs": 0})).unwrap();
+        assert_eq!(c.persist_ms, 0);
         for (bad, field) in [
             (serde_json::json!({}), "policy.path"),
             (
@@ -116,6 +135,10 @@ mod tests {
             (
                 serde_json::json!({"path": "/p", "failurePolicy": "maybe"}),
                 "policy.failurePolicy",
+            ),
+            (
+                serde_json::json!({"path": "/p", "persistMs": -1}),
+                "policy.persistMs",
             ),
         ] {
             let e = PolicyConf::parse(&bad).unwrap_err();

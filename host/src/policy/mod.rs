@@ -5,6 +5,8 @@
 
 pub mod conf;
 #[cfg(feature = "wasm")]
+pub mod helper;
+#[cfg(feature = "wasm")]
 pub mod wasm;
 
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::store::Kv;
 
 /// The pod as a policy sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Pod {
     pub container_id: String,
     pub ifname: String,
@@ -53,7 +55,7 @@ impl Pod {
 }
 
 /// An address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Family {
     V4,
     V6,
@@ -74,7 +76,7 @@ impl Family {
 }
 
 /// The allocation decision for one family.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Allocation {
     /// The first pool of the family, any free address.
     Default,
@@ -89,7 +91,7 @@ pub enum Allocation {
 }
 
 /// The naming decision for the host-side interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Naming {
     Default,
     Name(String),
@@ -146,12 +148,21 @@ pub fn load(conf: &NetConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
 
 #[cfg(feature = "wasm")]
 fn load_wasm(conf: &NetConf, pc: &conf::PolicyConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
+    if let Some(remote) = helper::connect(conf, pc, &kv) {
+        return Ok(Box::new(remote));
+    }
     let view = wasm::HostView::new(
         kv,
         conf.ipam.store.prefix(),
         &conf.node,
         conf.ipam.pools.clone(),
     );
+    load_wasm_in_process(pc, view)
+}
+
+/// The component loaded in this process (no helper, or the helper failed).
+#[cfg(feature = "wasm")]
+fn load_wasm_in_process(pc: &conf::PolicyConf, view: wasm::HostView) -> Result<Box<dyn Policy>> {
     match wasm::WasmPolicy::load(pc, view) {
         Ok(p) => Ok(Box::new(p)),
         Err(e) if pc.failure_policy == conf::FailurePolicy::Default => {

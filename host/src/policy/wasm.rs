@@ -48,6 +48,7 @@ mod bindings {
 
 use bindings::ohno::policy::types as t;
 use bindings::Policy as PolicyWorld;
+use bindings::PolicyPre as PolicyWorldPre;
 
 /// The package version this host implements; components built against any
 /// 0.1.x are accepted.
@@ -179,7 +180,7 @@ pub fn link_wasi<T: WasiView + 'static>(
 
 pub use super::conf::{
     FailurePolicy, PolicyConf, DEFAULT_CACHE_DIR, DEFAULT_FUEL, DEFAULT_MEMORY_MB,
-    DEFAULT_TIMEOUT_MS,
+    DEFAULT_PERSIST_MS, DEFAULT_TIMEOUT_MS,
 };
 
 /// The engine every policy runs on (and `ohnoctl policy compile` compiles for).
@@ -798,9 +799,17 @@ impl Watchdog {
     }
 }
 
-impl WasmPolicy {
-    /// Load (cache or compile), instantiate in a fresh store and `configure`.
-    pub fn load(conf: &PolicyConf, view: HostView) -> Result<WasmPolicy> {
+/// What every ADD of one policy shares: the engine, the component (from the
+/// cache or compiled) and its imports resolved against the sandbox's linker.
+/// Building it is most of a policy's start-up; the policy helper keeps one.
+pub struct Loaded {
+    engine: Engine,
+    pre: PolicyWorldPre<HostState>,
+    pub cache: CacheOutcome,
+}
+
+impl Loaded {
+    pub fn load(conf: &PolicyConf) -> Result<Loaded> {
         let name = conf.path.display().to_string();
         let engine = engine()?;
         let (component, cache) = load_component(&engine, &conf.path, &conf.cache_dir)?;
@@ -809,6 +818,25 @@ impl WasmPolicy {
             .map_err(|e| fault(&name, format!("link WASI: {e:#}")))?;
         PolicyWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| fault(&name, format!("link host imports: {e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(PolicyWorldPre::new)
+            .map_err(|e| fault(&name, format!("instantiate: {e:#}")))?;
+        Ok(Loaded { engine, pre, cache })
+    }
+}
+
+impl WasmPolicy {
+    /// Load (cache or compile), instantiate in a fresh store and `configure`.
+    pub fn load(conf: &PolicyConf, view: HostView) -> Result<WasmPolicy> {
+        WasmPolicy::instantiate(&Loaded::load(conf)?, conf, view)
+    }
+
+    /// A fresh store for one ADD: instantiate the loaded component in it and
+    /// `configure` it.
+    pub fn instantiate(loaded: &Loaded, conf: &PolicyConf, view: HostView) -> Result<WasmPolicy> {
+        let name = conf.path.display().to_string();
+        let engine = &loaded.engine;
         let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
         // Deny everything: no preopens, no env, no args, no sockets, empty stdin.
@@ -832,7 +860,7 @@ impl WasmPolicy {
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| name.clone());
         let mut store = Store::new(
-            &engine,
+            engine,
             HostState {
                 wasi,
                 table: ResourceTable::new(),
@@ -847,11 +875,13 @@ impl WasmPolicy {
             .map_err(|e| fault(&name, format!("set fuel: {e:#}")))?;
         store.epoch_deadline_trap();
         store.set_epoch_deadline(1);
-        let instance = PolicyWorld::instantiate(&mut store, &component, &linker)
+        let instance = loaded
+            .pre
+            .instantiate(&mut store)
             .map_err(|e| fault(&name, format!("instantiate: {}", describe_trap(&e, conf))))?;
         let mut p = WasmPolicy {
             name,
-            watchdog: Watchdog::start(engine),
+            watchdog: Watchdog::start(engine.clone()),
             store,
             instance,
             conf: conf.clone(),
@@ -859,7 +889,7 @@ impl WasmPolicy {
             stderr,
             logged: (0, 0),
             degraded: false,
-            cache,
+            cache: loaded.cache,
         };
         let config = p.conf.config.to_string();
         let configured = p.guarded("configure", |inst, store| {
@@ -916,19 +946,27 @@ impl WasmPolicy {
     /// Under failurePolicy "default", a fault is logged and the built-in
     /// decision is used; otherwise the fault fails the ADD.
     fn tolerate<T>(&mut self, r: Result<T>, fallback: T) -> Result<T> {
-        match r {
-            Err(e) if self.conf.failure_policy == FailurePolicy::Default => {
-                log::warn!("{e}; failurePolicy is \"default\": using the built-in decision");
-                self.degraded = true;
-                Ok(fallback)
-            }
-            other => other,
+        if r.is_err() && self.conf.failure_policy == FailurePolicy::Default {
+            self.degraded = true;
         }
+        tolerate(&self.conf, r, fallback)
     }
 
     /// True once a fault was tolerated (failurePolicy "default").
     pub fn degraded(&self) -> bool {
         self.degraded
+    }
+}
+
+/// Under failurePolicy "default", a fault is logged and `fallback` (the
+/// built-in decision) is used; otherwise the fault fails the ADD.
+pub fn tolerate<T>(conf: &PolicyConf, r: Result<T>, fallback: T) -> Result<T> {
+    match r {
+        Err(e) if conf.failure_policy == FailurePolicy::Default => {
+            log::warn!("{e}; failurePolicy is \"default\": using the built-in decision");
+            Ok(fallback)
+        }
+        other => other,
     }
 }
 

@@ -1,0 +1,456 @@
+//! The policy helper: a node-local process (see [`crate::helper`]) that keeps
+//! a policy component loaded between ADDs.
+//!
+//! A policy ADD in a fresh process maps the precompiled component, builds the
+//! engine and the linker, and pages in the runtime's code: ~1.5 ms on a 2-core
+//! VM before the first decision. The helper does that once; each ADD then
+//! connects to its socket (`<ipam.lockDir>/policy-<hash>.sock`) and gets what it
+//! got before — a **fresh store** with the sandbox's limits, the component
+//! instantiated in it and `configure`d, its decisions — over the socket. One
+//! connection is one ADD's store, so an ADD's calls see the same instance, and
+//! no two ADDs share one.
+//!
+//! - The hash covers the `policy` section (file, config, limits), the identity
+//!   of the component file, the pools, the store and the node: a rebuilt or
+//!   reconfigured policy gets a helper of its own, and the helper leaves when
+//!   its component file changes.
+//! - The host imports answer from the helper's own connection to the store
+//!   (the same read-only view of this node's blocks); the allocation
+//!   transaction, in the plugin, still has the final word.
+//! - What the policy and the host log during a call (guest log lines, its
+//!   stdout/stderr, faults) travels back with the answer and is written to the
+//!   plugin's log at the plugin's level.
+//! - Only one call runs at a time in a helper: a call's wall-clock deadline is
+//!   the engine's epoch, which a timeout advances for every store at once.
+//! - The plugin validates every answer exactly as it does an in-process
+//!   policy's, and applies `failurePolicy` itself; a helper that is missing,
+//!   dies or does not answer in time is replaced by loading the component
+//!   in-process.
+
+use std::cell::RefCell;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::wasm::{HostView, Loaded, PolicyConf, WasmPolicy};
+use super::{Allocation, Family, Naming, Pod, Policy};
+use crate::cni::config::{NetConf, PoolConf, StoreConf};
+use crate::error::{Error, Result};
+use crate::helper::{receive, send, WireError};
+use crate::store::Kv;
+
+/// The environment variable that makes `ohno` the policy helper.
+pub const ENV: &str = "OHNO_POLICY_HELPER";
+/// The helper's name in `ps`.
+const NAME: &str = "ohno-policy-helper";
+/// Bumped when the wire format changes (part of the socket's hash).
+const PROTOCOL: &str = "ohno-policy-helper/1";
+
+/// Everything the helper's state depends on (and what it is started with).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    policy: PolicyConf,
+    pools: Vec<PoolConf>,
+    store: StoreConf,
+    node: String,
+    lock_dir: PathBuf,
+}
+
+impl Identity {
+    fn of(conf: &NetConf, policy: &PolicyConf) -> Identity {
+        Identity {
+            policy: policy.clone(),
+            pools: conf.ipam.pools.clone(),
+            store: conf.ipam.store.clone(),
+            node: conf.node.clone(),
+            lock_dir: conf.ipam.lock_dir.clone(),
+        }
+    }
+
+    /// The helper's socket; `None` when `persistMs` is 0 or the component file
+    /// cannot be seen (the in-process load reports why).
+    fn socket(&self) -> Option<PathBuf> {
+        if self.policy.persist_ms == 0 {
+            return None;
+        }
+        let id = format!(
+            "{PROTOCOL}\n{:?}\n{}\n{}",
+            self,
+            crate::file_identity(&self.policy.path).ok()?,
+            crate::helper::netns_identity()?
+        );
+        Some(crate::helper::socket_path(&self.lock_dir, "policy", &id))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Start {
+    identity: Identity,
+    socket: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    /// Open this ADD's store; lines at `level` and above come back.
+    Hello {
+        level: String,
+    },
+    NameInterface(Pod),
+    /// The pools by name (the helper has their definitions).
+    Allocate(Pod, Family, Vec<String>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Ready,
+    Naming(Naming),
+    Allocation(Allocation),
+    Failed(WireError),
+}
+
+/// Log lines: (level, message).
+type Lines = Vec<(String, String)>;
+
+/// A reply and the log lines written while it was made.
+#[derive(Debug, Serialize, Deserialize)]
+struct Answer {
+    logs: Lines,
+    reply: Reply,
+}
+
+/// The helper for `policy` under `conf`: a [`Remote`] when one is running;
+/// `None` otherwise (one is started for the next ADDs, when allowed).
+pub fn connect(conf: &NetConf, policy: &PolicyConf, kv: &Arc<dyn Kv>) -> Option<Remote> {
+    let identity = Identity::of(conf, policy);
+    let socket = identity.socket()?;
+    // Each call is bounded by timeoutMs in the helper; configure and a
+    // decision, plus a margin for a loaded machine.
+    let budget = Duration::from_millis(2 * policy.timeout_ms + 2000);
+    match crate::helper::connect(&socket, budget) {
+        Ok(mut stream) => {
+            let hello = Request::Hello {
+                level: log::max_level().to_string(),
+            };
+            if let Err(e) = send(&mut stream, &hello) {
+                log::debug!("policy helper at {}: {e}", socket.display());
+                return None;
+            }
+            log::debug!(
+                "policy {}: through the helper at {}",
+                policy.path.display(),
+                socket.display()
+            );
+            Some(Remote {
+                name: policy.path.display().to_string(),
+                stream: Some(stream),
+                opened: false,
+                conf: conf.clone(),
+                kv: kv.clone(),
+                local: None,
+            })
+        }
+        Err(e) => {
+            log::debug!("policy: no helper at {} ({e})", socket.display());
+            let start = Start { identity, socket };
+            if let Ok(doc) = serde_json::to_string(&start) {
+                crate::helper::spawn(ENV, NAME, &doc, &start.socket);
+            }
+            None
+        }
+    }
+}
+
+/// One ADD's policy, run by the helper. Its store was opened by the first
+/// message; the reply to it is read with the first decision's.
+pub struct Remote {
+    name: String,
+    stream: Option<UnixStream>,
+    opened: bool,
+    conf: NetConf,
+    kv: Arc<dyn Kv>,
+    /// The in-process policy, once the helper failed us (or told us to use
+    /// the built-in one).
+    local: Option<Box<dyn Policy>>,
+}
+
+impl Remote {
+    fn policy_conf(&self) -> Result<&PolicyConf> {
+        self.conf
+            .policy
+            .as_ref()
+            .ok_or_else(|| Error::Store("policy helper without a policy".into()))
+    }
+
+    /// The in-process policy, loaded now if need be.
+    fn local(&mut self) -> Result<&mut Box<dyn Policy>> {
+        if self.local.is_none() {
+            let pc = self.policy_conf()?.clone();
+            let view = HostView::new(
+                self.kv.clone(),
+                self.conf.ipam.store.prefix(),
+                &self.conf.node,
+                self.conf.ipam.pools.clone(),
+            );
+            self.local = Some(super::load_wasm_in_process(&pc, view)?);
+        }
+        self.local
+            .as_mut()
+            .ok_or_else(|| Error::Store("policy helper: no local policy".into()))
+    }
+
+    /// One answer from the helper, its log lines written to our log; `None`
+    /// when the helper is gone or silent.
+    fn answer(&mut self) -> Option<Reply> {
+        let stream = self.stream.as_mut()?;
+        match receive::<Answer>(stream) {
+            Ok(a) => {
+                for (level, line) in a.logs {
+                    let level = level.parse().unwrap_or(log::Level::Info);
+                    log::log!(level, "{line}");
+                }
+                Some(a.reply)
+            }
+            Err(e) => {
+                log::warn!(
+                    "policy {}: the policy helper failed ({e}); loading the policy here",
+                    self.name
+                );
+                self.stream = None;
+                None
+            }
+        }
+    }
+
+    /// Send `req` and read its reply (after the store-opening reply, the
+    /// first time). `Ok(None)`: decide in-process instead.
+    fn ask(&mut self, req: Request) -> Result<Option<Reply>> {
+        if self.local.is_some() {
+            return Ok(None);
+        }
+        if !self.opened {
+            self.opened = true;
+            match self.answer() {
+                Some(Reply::Ready) => {}
+                Some(Reply::Failed(e)) => {
+                    // The component could not be instantiated or configured:
+                    // as an in-process load would have said.
+                    let pc = self.policy_conf()?.clone();
+                    super::wasm::tolerate(&pc, Err(e.into()), ())?;
+                    self.local = Some(Box::new(super::DefaultPolicy));
+                    return Ok(None);
+                }
+                Some(other) => {
+                    return Err(Error::Store(format!(
+                        "the policy helper opened with {other:?}"
+                    )))
+                }
+                None => return Ok(None),
+            }
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        if let Err(e) = send(stream, &req) {
+            log::warn!(
+                "policy {}: the policy helper failed ({e}); loading the policy here",
+                self.name
+            );
+            self.stream = None;
+            return Ok(None);
+        }
+        Ok(self.answer())
+    }
+}
+
+impl Policy for Remote {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn allocate(&mut self, pod: &Pod, family: Family, pools: &[&PoolConf]) -> Result<Allocation> {
+        let names = pools.iter().map(|p| p.name.clone()).collect();
+        match self.ask(Request::Allocate(pod.clone(), family, names))? {
+            Some(Reply::Allocation(a)) => Ok(a),
+            Some(Reply::Failed(e)) => Err(e.into()),
+            Some(other) => Err(Error::Store(format!(
+                "the policy helper answered allocate with {other:?}"
+            ))),
+            None => self.local()?.allocate(pod, family, pools),
+        }
+    }
+
+    fn name_interface(&mut self, pod: &Pod) -> Result<Naming> {
+        match self.ask(Request::NameInterface(pod.clone()))? {
+            Some(Reply::Naming(n)) => Ok(n),
+            Some(Reply::Failed(e)) => Err(e.into()),
+            Some(other) => Err(Error::Store(format!(
+                "the policy helper answered name-interface with {other:?}"
+            ))),
+            None => self.local()?.name_interface(pod),
+        }
+    }
+
+    fn reject(&mut self, err: Error) -> Result<()> {
+        if let Some(local) = self.local.as_mut() {
+            return local.reject(err);
+        }
+        super::wasm::tolerate(self.policy_conf()?, Err(err), ())
+    }
+}
+
+// ------------------------------------------------------------------ the helper
+
+thread_local! {
+    /// The level and lines being collected for the current connection.
+    static CAPTURED: RefCell<Option<(log::LevelFilter, Lines)>> = const { RefCell::new(None) };
+}
+
+/// The helper's logger: each connection's thread collects its own lines, at
+/// the level its plugin logs at, to send back with the answer.
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.target().starts_with("ohno")
+            && CAPTURED.with(|c| {
+                c.borrow()
+                    .as_ref()
+                    .is_some_and(|(level, _)| m.level() <= *level)
+            })
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            CAPTURED.with(|c| {
+                if let Some((_, lines)) = c.borrow_mut().as_mut() {
+                    lines.push((r.level().to_string(), r.args().to_string()));
+                }
+            });
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn captured() -> Lines {
+    CAPTURED.with(|c| {
+        c.borrow_mut()
+            .as_mut()
+            .map(|(_, lines)| std::mem::take(lines))
+            .unwrap_or_default()
+    })
+}
+
+/// One call at a time: a timeout advances the engine's epoch, which would cut
+/// every store's call short, not only the late one's.
+static CALLS: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time<T>(f: impl FnOnce() -> T) -> T {
+    let _turn = CALLS.lock().unwrap_or_else(|p| p.into_inner());
+    f()
+}
+
+struct Served {
+    identity: Identity,
+    loaded: Loaded,
+    kv: Arc<dyn Kv>,
+}
+
+fn reply<T>(r: Result<T>, ok: impl FnOnce(T) -> Reply) -> Reply {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => Reply::Failed(e.into()),
+    }
+}
+
+/// One ADD: a fresh store for the connection, then its calls.
+fn serve_connection(served: &Served, mut stream: UnixStream) {
+    let Ok(Request::Hello { level }) = receive::<Request>(&mut stream) else {
+        return;
+    };
+    let level = level.parse().unwrap_or(log::LevelFilter::Info);
+    CAPTURED.with(|c| *c.borrow_mut() = Some((level, Vec::new())));
+    let id = &served.identity;
+    let view = HostView::new(
+        served.kv.clone(),
+        id.store.prefix(),
+        &id.node,
+        id.pools.clone(),
+    );
+    let opened = one_at_a_time(|| WasmPolicy::instantiate(&served.loaded, &id.policy, view));
+    let (mut policy, first) = match opened {
+        Ok(p) => (Some(p), Reply::Ready),
+        Err(e) => (None, Reply::Failed(e.into())),
+    };
+    let mut out = Answer {
+        logs: captured(),
+        reply: first,
+    };
+    loop {
+        if send(&mut stream, &out).is_err() {
+            return;
+        }
+        let (Some(p), Ok(req)) = (policy.as_mut(), receive::<Request>(&mut stream)) else {
+            return;
+        };
+        let r = match req {
+            Request::Hello { .. } => Reply::Failed(WireError::Store("hello twice".into())),
+            Request::NameInterface(pod) => {
+                reply(one_at_a_time(|| p.name_interface(&pod)), Reply::Naming)
+            }
+            Request::Allocate(pod, family, names) => {
+                let pools: Option<Vec<&PoolConf>> = names
+                    .iter()
+                    .map(|n| id.pools.iter().find(|p| &p.name == n))
+                    .collect();
+                match pools {
+                    Some(pools) => reply(
+                        one_at_a_time(|| p.allocate(&pod, family, &pools)),
+                        Reply::Allocation,
+                    ),
+                    None => Reply::Failed(WireError::Store(format!(
+                        "the policy helper does not know pools {names:?}"
+                    ))),
+                }
+            }
+        };
+        out = Answer {
+            logs: captured(),
+            reply: r,
+        };
+    }
+}
+
+/// `ohno`'s entry point when started as the policy helper: `Some(exit code)`,
+/// or `None` when this process is not one.
+pub fn main_if_helper() -> Option<i32> {
+    let doc = std::env::var(ENV).ok()?;
+    crate::helper::close_inherited_descriptors();
+    let start: Start = serde_json::from_str(&doc).ok()?;
+    if log::set_boxed_logger(Box::new(Capture)).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+    let identity = start.identity;
+    let still = identity.clone();
+    let socket: &Path = &start.socket;
+    let served = crate::helper::serve(
+        socket,
+        Duration::from_millis(identity.policy.persist_ms),
+        move || {
+            let loaded = Loaded::load(&identity.policy).map_err(std::io::Error::other)?;
+            let kv = crate::store::open(&identity.store).map_err(std::io::Error::other)?;
+            let served = Served {
+                identity,
+                loaded,
+                kv,
+            };
+            Ok(move |stream| serve_connection(&served, stream))
+        },
+        // A rebuilt component (or any change of identity): the helper is stale.
+        || still.socket().as_deref() == Some(socket),
+    );
+    Some(i32::from(served.is_err()))
+}
