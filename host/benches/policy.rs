@@ -123,6 +123,8 @@ fn conf_for(node: &Node, policy: Option<(&Path, &Value, &Path)>) -> Value {
     let mut conf = node.ohno_conf("1.1.0");
     conf["logLevel"] = json!("info");
     conf["ipam"]["pools"] = pools();
+    // The node's own lock directory: claim locks, hints, the policy helper.
+    conf["ipam"]["lockDir"] = json!(node.dir.path().join("locks"));
     if let Some((file, config, cache)) = policy {
         conf["policy"] = json!({"path": file, "config": config, "cacheDir": cache});
     }
@@ -144,17 +146,22 @@ struct Contender {
 }
 
 impl Contender {
-    fn new(label: &str, policy: Option<&Example>) -> Contender {
+    /// `helper`: the default `persistMs` (ADDs go through the policy helper);
+    /// otherwise `persistMs` 0 (every ADD loads the component itself).
+    fn new(label: &str, policy: Option<&Example>, helper: bool) -> Contender {
         let node = Node::new();
         let host = Host::of(&node.host);
         let cache = node.dir.path().join("policy-cache");
-        let conf = match policy {
+        let mut conf = match policy {
             None => conf_for(&node, None),
             Some(ex) => {
                 let file = wasm_path(ex.file);
                 conf_for(&node, Some((&file, &ex.config, &cache)))
             }
         };
+        if policy.is_some() && !helper {
+            conf["policy"]["persistMs"] = json!(0);
+        }
         Contender {
             label: label.to_owned(),
             node,
@@ -237,17 +244,39 @@ fn repeat(mut f: impl FnMut()) -> Vec<Duration> {
 /// Table 1: warm-cache ADD per policy against the built-in default.
 fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
     let exs = examples();
-    let mut contenders = vec![Contender::new("built-in default", None)];
+    let mut contenders = vec![Contender::new("built-in default", None, false)];
     for ex in &exs {
-        contenders.push(Contender::new(ex.label, Some(ex)));
+        contenders.push(Contender::new(ex.label, Some(ex), true));
+        contenders.push(Contender::new(
+            &format!("{}, no helper (persistMs 0)", ex.label),
+            Some(ex),
+            false,
+        ));
     }
     // Warm-up, not timed: creates the bridge, compiles into the cache, pages
-    // the binary and the store in.
+    // the binary and the store in, and starts the policy helpers (a second
+    // ADD once the helper's socket is there).
     for c in &contenders {
         let pod = Pod::new();
         c.add(&pod, "warmup", &c.conf);
-        if c.conf.get("policy").is_some() && !c.node.log().contains(".wasm: compiled in") {
+        let Some(policy) = c.conf.get("policy") else {
+            continue;
+        };
+        if !c.node.log().contains(".wasm: compiled in") {
             problems.push(format!("{}: the warm-up ADD did not compile", c.label));
+        }
+        if policy["persistMs"].is_null() {
+            let locks = c.node.dir.path().join("locks");
+            let up = common::eventually(Duration::from_secs(10), || {
+                std::fs::read_dir(&locks).is_ok_and(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("policy-"))
+                })
+            });
+            if !up {
+                problems.push(format!("{}: no policy helper after the warm-up", c.label));
+            }
+            c.add(&Pod::new(), "warmup-2", &c.conf);
         }
     }
     // Pods, created before anything is timed: one round is a pod per contender.
@@ -322,7 +351,10 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
          10.85.0.0/16, prod 10.90.0.0/16, sts 10.86.0.0/20, /26 blocks; local store; \
          logLevel info), same CNI_ARGS (K8S_POD_NAMESPACE=prod, K8S_POD_NAME=web-<i>); \
          only `policy` differs. Wall time from fork to reap of `ohno` exec'd directly \
-         in the contender's host namespace (pre_exec setns)."
+         in the contender's host namespace (pre_exec setns). Each policy runs twice: \
+         with the default `persistMs` (its ADDs get a fresh store in the node's policy \
+         helper, README \"The policy helper\"; the warm-up starts it) and with \
+         `persistMs` 0 (every ADD maps, links and instantiates the component itself)."
     ));
     report.table(&t);
 }
@@ -338,7 +370,9 @@ fn cold_adds(report: &mut Report) {
         "then warm ms",
     ]);
     for ex in examples() {
-        let c = Contender::new(ex.label, Some(&ex));
+        // In-process by definition: a cold cache is what a process that finds
+        // no helper loads from (a helper would compile beside it).
+        let c = Contender::new(ex.label, Some(&ex), false);
         // The bridge exists before anything is timed.
         c.add(&Pod::new(), "warmup", &c.conf);
         let file = wasm_path(ex.file);
@@ -346,7 +380,8 @@ fn cold_adds(report: &mut Report) {
         let mut compile_ms = Vec::new();
         for k in 0..COLD {
             let cache = c.node.dir.path().join(format!("cold-{k}"));
-            let conf = conf_for(&c.node, Some((&file, &ex.config, &cache)));
+            let mut conf = conf_for(&c.node, Some((&file, &ex.config, &cache)));
+            conf["policy"]["persistMs"] = json!(0);
             let pod = Pod::new();
             let before = c.node.log().len();
             cold.push(c.add(&pod, &format!("web-{k}"), &conf));
@@ -362,7 +397,8 @@ fn cold_adds(report: &mut Report) {
         }
         // One more ADD on the last (now warm) cache, for comparison.
         let cache = c.node.dir.path().join(format!("cold-{}", COLD - 1));
-        let conf = conf_for(&c.node, Some((&file, &ex.config, &cache)));
+        let mut conf = conf_for(&c.node, Some((&file, &ex.config, &cache)));
+        conf["policy"]["persistMs"] = json!(0);
         let warm = c.add(&Pod::new(), &format!("web-{COLD}"), &conf);
         compile_ms.sort_by(f64::total_cmp);
         let compile = compile_ms
