@@ -277,6 +277,12 @@ where
     // SAFETY: geteuid cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
     let open = Arc::new(AtomicUsize::new(0));
+    // Connections go to a worker thread that is already waiting when there is
+    // one (a new thread per connection costs its start on every call); a new
+    // worker is started only when all are busy, and stays for later ones.
+    let (to_idle, waiting) = std::sync::mpsc::channel::<UnixStream>();
+    let waiting = Arc::new(std::sync::Mutex::new(waiting));
+    let idle = Arc::new(AtomicUsize::new(0));
     let mut idle_since = Instant::now();
     let mut last_check = Instant::now();
     loop {
@@ -293,14 +299,30 @@ where
                     continue;
                 }
                 open.fetch_add(1, Ordering::SeqCst);
-                let (handler, done) = (handler.clone(), open.clone());
-                let served = std::thread::Builder::new()
+                let took_idle = idle
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if took_idle {
+                    if to_idle.send(stream).is_err() {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    continue;
+                }
+                let (handler, done, idle, waiting) =
+                    (handler.clone(), open.clone(), idle.clone(), waiting.clone());
+                let started = std::thread::Builder::new()
                     .name("ohno-helper".into())
                     .spawn(move || {
-                        handler(stream);
-                        done.fetch_sub(1, Ordering::SeqCst);
+                        let mut next = Some(stream);
+                        while let Some(stream) = next.take() {
+                            handler(stream);
+                            done.fetch_sub(1, Ordering::SeqCst);
+                            idle.fetch_add(1, Ordering::SeqCst);
+                            let queue = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                            next = queue.recv().ok();
+                        }
                     });
-                if served.is_err() {
+                if started.is_err() {
                     open.fetch_sub(1, Ordering::SeqCst);
                 }
                 continue;

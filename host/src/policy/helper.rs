@@ -22,6 +22,9 @@
 //!   plugin's log at the plugin's level.
 //! - Only one call runs at a time in a helper: a call's wall-clock deadline is
 //!   the engine's epoch, which a timeout advances for every store at once.
+//! - The next ADD's store is made ready (instantiated, configured) after each
+//!   ADD and at start, so an ADD does not wait for it; each store still serves
+//!   exactly one ADD, and its view of the node is read when the ADD asks.
 //! - The plugin validates every answer exactly as it does an in-process
 //!   policy's, and applies `failurePolicy` itself; a helper that is missing,
 //!   dies or does not answer in time is replaced by loading the component
@@ -303,9 +306,17 @@ impl Policy for Remote {
 
 // ------------------------------------------------------------------ the helper
 
+/// Lines collected on one thread, with their levels.
+type Captured = Vec<(log::Level, String)>;
+
 thread_local! {
-    /// The level and lines being collected for the current connection.
-    static CAPTURED: RefCell<Option<(log::LevelFilter, Lines)>> = const { RefCell::new(None) };
+    /// The level and lines being collected on this thread.
+    static CAPTURED: RefCell<Option<(log::LevelFilter, Captured)>> = const { RefCell::new(None) };
+}
+
+/// Collect this thread's lines at `level` and above from now on.
+fn capture(level: log::LevelFilter) {
+    CAPTURED.with(|c| *c.borrow_mut() = Some((level, Vec::new())));
 }
 
 /// The helper's logger: each connection's thread collects its own lines, at
@@ -326,7 +337,7 @@ impl log::Log for Capture {
         if self.enabled(r.metadata()) {
             CAPTURED.with(|c| {
                 if let Some((_, lines)) = c.borrow_mut().as_mut() {
-                    lines.push((r.level().to_string(), r.args().to_string()));
+                    lines.push((r.level(), r.args().to_string()));
                 }
             });
         }
@@ -335,13 +346,22 @@ impl log::Log for Capture {
     fn flush(&self) {}
 }
 
-fn captured() -> Lines {
+fn captured() -> Captured {
     CAPTURED.with(|c| {
         c.borrow_mut()
             .as_mut()
             .map(|(_, lines)| std::mem::take(lines))
             .unwrap_or_default()
     })
+}
+
+/// `lines` at `level` and above, for the wire.
+fn at(level: log::LevelFilter, lines: Captured) -> Lines {
+    lines
+        .into_iter()
+        .filter(|(l, _)| *l <= level)
+        .map(|(l, m)| (l.to_string(), m))
+        .collect()
 }
 
 /// One call at a time: a timeout advances the engine's epoch, which would cut
@@ -357,6 +377,60 @@ struct Served {
     identity: Identity,
     loaded: Loaded,
     kv: Arc<dyn Kv>,
+    /// The next ADD's store, made ready before it arrives.
+    next: Mutex<Option<Prepared>>,
+}
+
+/// A fresh store with the component instantiated and configured (or why it
+/// could not be), its view, and what it logged meanwhile. Made ahead of the
+/// ADD that gets it, never used by another.
+struct Prepared {
+    policy: Result<WasmPolicy>,
+    view: HostView,
+    logs: Captured,
+}
+
+impl Served {
+    fn prepare(&self) -> Prepared {
+        let id = &self.identity;
+        let view = HostView::new(
+            self.kv.clone(),
+            id.store.prefix(),
+            &id.node,
+            id.pools.clone(),
+        );
+        capture(log::LevelFilter::Trace);
+        let policy =
+            one_at_a_time(|| WasmPolicy::instantiate(&self.loaded, &id.policy, view.clone()));
+        Prepared {
+            policy,
+            view,
+            logs: captured(),
+        }
+    }
+
+    /// The prepared store, or one made now.
+    fn take(&self) -> Prepared {
+        let ready = self.next.lock().unwrap_or_else(|p| p.into_inner()).take();
+        ready.unwrap_or_else(|| self.prepare())
+    }
+
+    /// Make the next ADD's store, unless one is waiting.
+    fn refill(&self) {
+        if self
+            .next
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let p = self.prepare();
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        if next.is_none() {
+            *next = Some(p);
+        }
+    }
 }
 
 fn reply<T>(r: Result<T>, ok: impl FnOnce(T) -> Reply) -> Reply {
@@ -366,27 +440,32 @@ fn reply<T>(r: Result<T>, ok: impl FnOnce(T) -> Reply) -> Reply {
     }
 }
 
-/// One ADD: a fresh store for the connection, then its calls.
-fn serve_connection(served: &Served, mut stream: UnixStream) {
+/// One ADD on a connection; then the next ADD's store is made ready.
+fn serve_connection(served: &Served, stream: UnixStream) {
+    converse(served, stream);
+    served.refill();
+}
+
+/// One ADD: its fresh store (prepared ahead, or made now), then its calls.
+fn converse(served: &Served, mut stream: UnixStream) {
     let Ok(Request::Hello { level }) = receive::<Request>(&mut stream) else {
         return;
     };
     let level = level.parse().unwrap_or(log::LevelFilter::Info);
-    CAPTURED.with(|c| *c.borrow_mut() = Some((level, Vec::new())));
-    let id = &served.identity;
-    let view = HostView::new(
-        served.kv.clone(),
-        id.store.prefix(),
-        &id.node,
-        id.pools.clone(),
-    );
-    let opened = one_at_a_time(|| WasmPolicy::instantiate(&served.loaded, &id.policy, view));
+    let Prepared {
+        policy: opened,
+        view,
+        logs,
+    } = served.take();
+    view.forget();
+    capture(level);
     let (mut policy, first) = match opened {
         Ok(p) => (Some(p), Reply::Ready),
         Err(e) => (None, Reply::Failed(e.into())),
     };
+    let id = &served.identity;
     let mut out = Answer {
-        logs: captured(),
+        logs: at(level, logs),
         reply: first,
     };
     loop {
@@ -418,7 +497,7 @@ fn serve_connection(served: &Served, mut stream: UnixStream) {
             }
         };
         out = Answer {
-            logs: captured(),
+            logs: at(level, captured()),
             reply: r,
         };
     }
@@ -446,7 +525,9 @@ pub fn main_if_helper() -> Option<i32> {
                 identity,
                 loaded,
                 kv,
+                next: Mutex::new(None),
             };
+            served.refill();
             Ok(move |stream| serve_connection(&served, stream))
         },
         // A rebuilt component (or any change of identity): the helper is stale.

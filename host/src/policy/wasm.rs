@@ -216,6 +216,15 @@ pub struct HostView {
 }
 
 impl HostView {
+    /// Forget what this view has read: a store prepared ahead of its ADD (the
+    /// policy helper) sees the node as it is when the ADD arrives.
+    pub fn forget(&self) {
+        match self.seen.lock() {
+            Ok(mut g) => g.clear(),
+            Err(p) => p.into_inner().clear(),
+        }
+    }
+
     pub fn new(kv: Arc<dyn Kv>, prefix: &str, node: &str, pools: Vec<PoolConf>) -> HostView {
         HostView {
             kv,
@@ -749,7 +758,7 @@ pub struct WasmPolicy {
     logged: (usize, usize),
     /// Set once a fault was tolerated under failurePolicy "default".
     degraded: bool,
-    watchdog: Watchdog,
+    watchdog: Arc<Watchdog>,
     pub cache: CacheOutcome,
 }
 
@@ -805,6 +814,10 @@ impl Watchdog {
 pub struct Loaded {
     engine: Engine,
     pre: PolicyWorldPre<HostState>,
+    /// One watchdog for every store of this component: their calls never
+    /// overlap (one ADD's calls run one after the other; the policy helper
+    /// runs one call at a time).
+    watchdog: Arc<Watchdog>,
     pub cache: CacheOutcome,
 }
 
@@ -822,7 +835,12 @@ impl Loaded {
             .instantiate_pre(&component)
             .and_then(PolicyWorldPre::new)
             .map_err(|e| fault(&name, format!("instantiate: {e:#}")))?;
-        Ok(Loaded { engine, pre, cache })
+        Ok(Loaded {
+            watchdog: Arc::new(Watchdog::start(engine.clone())),
+            engine,
+            pre,
+            cache,
+        })
     }
 }
 
@@ -881,7 +899,7 @@ impl WasmPolicy {
             .map_err(|e| fault(&name, format!("instantiate: {}", describe_trap(&e, conf))))?;
         let mut p = WasmPolicy {
             name,
-            watchdog: Watchdog::start(engine.clone()),
+            watchdog: loaded.watchdog.clone(),
             store,
             instance,
             conf: conf.clone(),
