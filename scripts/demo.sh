@@ -57,6 +57,7 @@ conf() {
   "ipam": { "type": "ohno",
             "pools": [ { "name": "default", "subnet": "10.85.0.0/16", "blockSize": 26 } ],
             "routes": [ { "dst": "0.0.0.0/0" } ],
+            "lockDir": "$WORK/lock",
             "store": $(store_json) } }
 JSON
 }
@@ -88,6 +89,14 @@ for pod in "${PODS[@]}"; do
     gw=$(jq -r '.ips[0].gateway' <<<"$result")
     echo "==> ADD $pod: ${addr[$pod]} via $gw"
 done
+
+if [[ $STORE == etcd ]]; then
+    # The first call started the node's etcd connection helper; the second
+    # call's store operations went through it (its socket is in lockDir and
+    # goes with $WORK, and the helper with it).
+    echo "==> etcd connection helper: $(ls "$WORK/lock" | grep -c '^etcd-.*\.sock$') socket(s) in lockDir;" \
+        "$(grep -c 'through the helper' "$WORK/ohno.log") call(s) went through it"
+fi
 
 conf >"$WORK/conf.json"
 echo "==> ohnoctl ipam ls:"

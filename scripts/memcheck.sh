@@ -36,6 +36,14 @@
 #       AEAD on the etcd path (the record tag ring computes); the file gives the
 #       evidence that they are not defects. Nothing of Ohno's is suppressed.
 #
+#   helpers: a plugin call starts the node-local helpers (etcd connection,
+#       policy) as `/proc/self/exe` too, so under valgrind it cannot start them.
+#       For the etcd and wasm scenarios the script therefore lets a native ADD
+#       start the helper, takes the helper's start document from its
+#       environment, replaces it with the same helper under memcheck, runs ADD
+#       and DEL under memcheck through it, then removes its socket (the helper
+#       leaves) and checks its log too.
+#
 # Environment: OHNO_BIN (default target/debug/ohno, built here), MEMCHECK_SCENARIOS
 # (default "local etcd wasm"), MEMCHECK_VALGRIND_ARGS (more valgrind options, e.g.
 # --track-origins=yes), MEMCHECK_POLICY (default
@@ -129,7 +137,7 @@ run_vg() {
     echo "==> memcheck: $scen $label" >&2
     "${NICE[@]}" env CNI_COMMAND="$verb" CNI_CONTAINERID="ctr-$pod" \
         CNI_NETNS="/var/run/netns/$pod" CNI_IFNAME=eth0 CNI_PATH="$(dirname "$OHNO_BIN")" \
-        CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-0" \
+        CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=${POD_NAME:-web-0}" \
         ip netns exec "$HOST" "${VG_BASE[@]}" "$@" --log-file="$log" "$OHNO_BIN" \
         <"$conf" >"$out" || rc=$?
     local verdict
@@ -188,6 +196,51 @@ tombstones_gone() {
     return 1
 }
 
+# helper_under_vg SCENARIO KIND ENVVAR: the node-local helper of KIND (etcd or
+# policy) under memcheck, and an ADD and a DEL under memcheck through it.
+helper_under_vg() {
+    local scen=$1 kind=$2 var=$3 pod="$tag-$1-h" i sock="" pid="" doc hpid rc=0 t0=$SECONDS
+    netns_add "$pod"
+    echo "==> memcheck: $scen $kind helper" >&2
+    # A native ADD (and its DEL) starts the helper natively.
+    for verb in ADD DEL; do
+        ip netns exec "$HOST" env CNI_COMMAND=$verb CNI_CONTAINERID="ctr-$pod-native" \
+            CNI_NETNS="/var/run/netns/$pod" CNI_IFNAME=eth0 CNI_PATH="$(dirname "$OHNO_BIN")" \
+            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-h" \
+            "$OHNO_BIN" <"$WORK/$scen-add.json" >"$WORK/$scen-native-$verb.out" || true
+    done
+    for ((i = 0; i < 100; i++)); do
+        sock=$(compgen -G "$WORK/lock/$kind-*.sock" | head -n1 || true)
+        [[ -n $sock ]] && pid=$(cat "${sock%.sock}.lock" 2>/dev/null || true)
+        [[ -n $pid && -r /proc/$pid/environ ]] && break
+        sleep 0.1
+    done
+    if [[ -z $pid || ! -r /proc/$pid/environ ]]; then
+        record "$scen" helper "FAILED: no $kind helper after a native ADD"
+        return 0
+    fi
+    doc=$(tr '\0' '\n' <"/proc/$pid/environ" | sed -n "s/^$var=//p")
+    # Ours (its lock file names it); replaced by the same helper under memcheck.
+    kill "$pid"
+    for ((i = 0; i < 50; i++)); do [[ -e /proc/$pid ]] || break; sleep 0.1; done
+    rm -f "$sock" # killed, it left its socket behind
+    ip netns exec "$HOST" env -i "$var=$doc" "${VG_BASE[@]}" --log-file="$WORK/vg-$scen-helper.log" \
+        "$OHNO_BIN" &
+    hpid=$!
+    for ((i = 0; i < 600; i++)); do [[ -S $sock ]] && break; sleep 0.1; done
+    # Another pod name: the wasm scenario's policy names the host veth after it.
+    POD_NAME=web-h LABEL=ADD-via-helper run_vg "$scen" ADD "$WORK/$scen-add.json" "$pod"
+    grep -q "through the helper at" "$WORK/ohno-$scen.log" ||
+        record "$scen" helper "FAILED: the ADD did not go through the $kind helper"
+    POD_NAME=web-h LABEL=DEL-via-helper run_vg "$scen" DEL "$WORK/$scen-add.json" "$pod"
+    # Its socket removed, the helper leaves within a tick.
+    rm -f "$sock"
+    wait "$hpid" || rc=$?
+    verdict=$(vg_verdict "$WORK/vg-$scen-helper.log" "$rc")
+    ((rc == 0 || rc == 99)) || verdict="FAILED: helper exit $rc; valgrind: $verdict"
+    record "$scen" "$kind-helper" "$verdict" "$((SECONDS - t0)) s"
+}
+
 netns_add "$HOST"
 ip -n "$HOST" link set lo up
 
@@ -236,6 +289,10 @@ for scen in "${SCENARIOS[@]}"; do
         [[ $(jq -r '.interfaces[1].name // empty' "$WORK/$scen-ADD-cached.out" 2>/dev/null) == p-prod-web-0 ]] ||
             record "$scen" policy "FAILED: cached ADD did not apply the policy"
     fi
+    case $scen in
+        etcd) helper_under_vg "$scen" etcd OHNO_STORE_HELPER ;;
+        wasm) helper_under_vg "$scen" policy OHNO_POLICY_HELPER ;;
+    esac
     if tombstones_gone "$pod"; then
         record "$scen" reaper "ok (retired pod link gone after DEL)"
     else
