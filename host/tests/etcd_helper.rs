@@ -6,7 +6,7 @@
 mod common;
 mod etcd_support;
 
-use common::{eventually, first_ipv4, Pod};
+use common::{eventually, first_ipv4, helper_pid, helper_socket, Pod};
 use etcd_support::EtcdNode;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -16,24 +16,14 @@ use std::time::Duration;
 /// `persistMs` in these tests.
 const PERSIST: Duration = Duration::from_millis(1500);
 
-/// The helper's socket in `dir`, if there is one.
-fn socket(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-            name.is_some_and(|n| n.starts_with("etcd-") && n.ends_with(".sock"))
-        })
-}
-
-/// The PID the helper wrote into its lock file, while that process is alive
-/// and is a helper.
-fn helper_pid(dir: &Path) -> Option<i32> {
-    let lock = socket(dir)?.with_extension("lock");
-    let pid: i32 = std::fs::read_to_string(lock).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    cmdline.starts_with(b"ohno-etcd-helper\0").then_some(pid)
+/// `env`'s config for node-a with the node's own lock directory (where the
+/// helper's socket goes) and `persistMs` `persist`.
+fn conf_with(env: &EtcdNode, persist: u64) -> (Value, PathBuf) {
+    let lock_dir = env.node.dir.path().join("locks");
+    let mut conf: Value = env.conf("node-a");
+    conf["ipam"]["lockDir"] = json!(lock_dir);
+    conf["ipam"]["store"]["persistMs"] = json!(persist);
+    (conf, lock_dir)
 }
 
 fn attached(env: &EtcdNode, pod: &Pod) -> bool {
@@ -45,10 +35,7 @@ fn attached(env: &EtcdNode, pod: &Pod) -> bool {
 #[test]
 fn the_first_call_starts_a_helper_that_carries_later_calls_and_leaves_when_idle() {
     let env = EtcdNode::start();
-    let lock_dir = env.node.dir.path().join("locks");
-    let mut conf: Value = env.conf("node-a");
-    conf["ipam"]["lockDir"] = json!(lock_dir);
-    conf["ipam"]["store"]["persistMs"] = json!(PERSIST.as_millis() as u64);
+    let (conf, lock_dir) = conf_with(&env, PERSIST.as_millis() as u64);
     let pods: Vec<Pod> = (0..3).map(|_| Pod::new()).collect();
     let mut addresses = BTreeSet::new();
 
@@ -56,13 +43,14 @@ fn the_first_call_starts_a_helper_that_carries_later_calls_and_leaves_when_idle(
     let first = env.ohno("ADD", &pods[0], &conf);
     addresses.insert(first_ipv4(first.success().json()).0);
     assert!(
-        eventually(Duration::from_secs(5), || helper_pid(&lock_dir).is_some()),
+        eventually(Duration::from_secs(5), || helper_pid(&lock_dir, "etcd")
+            .is_some()),
         "no helper after the first ADD; {:?} holds {:?}",
         lock_dir,
         std::fs::read_dir(&lock_dir).map(|d| d.count())
     );
-    let pid = helper_pid(&lock_dir).expect("helper");
-    let sock = socket(&lock_dir).expect("socket");
+    let pid = helper_pid(&lock_dir, "etcd").expect("helper");
+    let sock = helper_socket(&lock_dir, "etcd").expect("socket");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&sock)
             .expect("socket metadata")
@@ -96,7 +84,7 @@ fn the_first_call_starts_a_helper_that_carries_later_calls_and_leaves_when_idle(
     assert!(attached(&env, &pods[2]), "{third}");
     assert_eq!(addresses.len(), 3, "an address was handed out twice");
     assert!(
-        eventually(Duration::from_secs(5), || helper_pid(&lock_dir)
+        eventually(Duration::from_secs(5), || helper_pid(&lock_dir, "etcd")
             .is_some_and(|p| p != pid)),
         "no new helper after the old one was killed"
     );
@@ -109,10 +97,11 @@ fn the_first_call_starts_a_helper_that_carries_later_calls_and_leaves_when_idle(
     assert!(env.section("ips").is_empty());
 
     // Idle for persistMs: the helper goes, and its socket with it.
-    let last = helper_pid(&lock_dir).expect("helper");
+    let last = helper_pid(&lock_dir, "etcd").expect("helper");
     assert!(
         eventually(PERSIST + Duration::from_secs(3), || {
-            !Path::new(&format!("/proc/{last}")).exists() && socket(&lock_dir).is_none()
+            !Path::new(&format!("/proc/{last}")).exists()
+                && helper_socket(&lock_dir, "etcd").is_none()
         }),
         "the helper {last} outlived persistMs"
     );
@@ -121,16 +110,17 @@ fn the_first_call_starts_a_helper_that_carries_later_calls_and_leaves_when_idle(
 #[test]
 fn persist_ms_zero_starts_no_helper() {
     let env = EtcdNode::start();
-    let lock_dir = env.node.dir.path().join("locks");
-    let mut conf: Value = env.conf("node-a");
-    conf["ipam"]["lockDir"] = json!(lock_dir);
-    conf["ipam"]["store"]["persistMs"] = json!(0);
+    let (conf, lock_dir) = conf_with(&env, 0);
     let pods: Vec<Pod> = (0..2).map(|_| Pod::new()).collect();
     for pod in &pods {
         env.ohno("ADD", pod, &conf).success();
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(socket(&lock_dir), None, "persistMs 0 started a helper");
+    assert_eq!(
+        helper_socket(&lock_dir, "etcd"),
+        None,
+        "persistMs 0 started a helper"
+    );
     for pod in &pods {
         env.ohno("DEL", pod, &conf).success();
     }

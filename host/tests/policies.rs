@@ -725,28 +725,6 @@ fn the_precompile_cache_is_used_and_a_damaged_entry_is_recompiled() {
 
 // ------------------------------------------------------------------ helper
 
-/// The policy helper's socket in `dir`, if there is one.
-fn helper_socket(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .is_some_and(|n| n.starts_with("policy-") && n.ends_with(".sock"))
-        })
-}
-
-/// The PID in the policy helper's lock file, while that process is alive and
-/// is a policy helper.
-fn helper_pid(dir: &Path) -> Option<i32> {
-    let lock = helper_socket(dir)?.with_extension("lock");
-    let pid: i32 = std::fs::read_to_string(lock).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    cmdline.starts_with(b"ohno-policy-helper\0").then_some(pid)
-}
-
 /// `conf` with the node's own lock directory (where the helper's socket goes)
 /// and a short `persistMs`.
 fn with_helper(node: &Node, mut conf: Value) -> (Value, PathBuf) {
@@ -769,10 +747,11 @@ fn the_policy_helper_decides_later_adds_and_leaves_when_idle() {
     let r1 = add_ok(&node, &p1, &conf, &k8s_args("prod", "web-1"));
     assert_eq!(host_name(&r1), "prod-web-1", "{r1}");
     assert!(
-        eventually(Duration::from_secs(10), || helper_pid(&lock_dir).is_some()),
+        eventually(Duration::from_secs(10), || helper_pid(&lock_dir, "policy")
+            .is_some()),
         "no policy helper after the first ADD"
     );
-    let pid = helper_pid(&lock_dir).expect("helper");
+    let pid = helper_pid(&lock_dir, "policy").expect("helper");
 
     // The second ADD's decisions come from the helper: the same policy, a
     // fresh instance; its lines (at the plugin's debug level) are in our log.
@@ -808,8 +787,9 @@ fn the_policy_helper_decides_later_adds_and_leaves_when_idle() {
     }
     // Idle for persistMs: the helper leaves, and its socket with it.
     assert!(
-        eventually(Duration::from_secs(8), || helper_pid(&lock_dir).is_none()
-            && helper_socket(&lock_dir).is_none()),
+        eventually(Duration::from_secs(8), || helper_pid(&lock_dir, "policy")
+            .is_none()
+            && helper_socket(&lock_dir, "policy").is_none()),
         "the policy helper outlived persistMs"
     );
 }
@@ -825,10 +805,11 @@ fn a_hostile_policy_in_the_helper_fails_the_add_and_not_the_helper() {
     let first = Pod::new();
     error_text(&call(&node, "ADD", &first, &conf, ""), 104);
     assert!(
-        eventually(Duration::from_secs(10), || helper_pid(&lock_dir).is_some()),
+        eventually(Duration::from_secs(10), || helper_pid(&lock_dir, "policy")
+            .is_some()),
         "no policy helper after the first ADD"
     );
-    let pid = helper_pid(&lock_dir).expect("helper");
+    let pid = helper_pid(&lock_dir, "policy").expect("helper");
     let pod = Pod::new();
     let out = call(&node, "ADD", &pod, &conf, "");
     let text = error_text(&out, 104);
@@ -844,7 +825,7 @@ fn a_hostile_policy_in_the_helper_fails_the_add_and_not_the_helper() {
     );
     assert_nothing_left(&node, &pod, &conf, "a looping policy in the helper");
     assert_eq!(
-        helper_pid(&lock_dir),
+        helper_pid(&lock_dir, "policy"),
         Some(pid),
         "the helper did not survive"
     );

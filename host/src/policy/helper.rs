@@ -190,14 +190,12 @@ impl Remote {
     /// The in-process policy, loaded now if need be.
     fn local(&mut self) -> Result<&mut Box<dyn Policy>> {
         if self.local.is_none() {
-            let pc = self.policy_conf()?.clone();
-            let view = HostView::new(
+            let pc = self.policy_conf()?;
+            self.local = Some(super::load_wasm_in_process(
+                &self.conf,
+                pc,
                 self.kv.clone(),
-                self.conf.ipam.store.prefix(),
-                &self.conf.node,
-                self.conf.ipam.pools.clone(),
-            );
-            self.local = Some(super::load_wasm_in_process(&pc, view)?);
+            )?);
         }
         self.local
             .as_mut()

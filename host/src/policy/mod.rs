@@ -151,18 +151,22 @@ fn load_wasm(conf: &NetConf, pc: &conf::PolicyConf, kv: Arc<dyn Kv>) -> Result<B
     if let Some(remote) = helper::connect(conf, pc, &kv) {
         return Ok(Box::new(remote));
     }
+    load_wasm_in_process(conf, pc, kv)
+}
+
+/// The component loaded in this process (no helper, or the helper failed).
+#[cfg(feature = "wasm")]
+fn load_wasm_in_process(
+    conf: &NetConf,
+    pc: &conf::PolicyConf,
+    kv: Arc<dyn Kv>,
+) -> Result<Box<dyn Policy>> {
     let view = wasm::HostView::new(
         kv,
         conf.ipam.store.prefix(),
         &conf.node,
         conf.ipam.pools.clone(),
     );
-    load_wasm_in_process(pc, view)
-}
-
-/// The component loaded in this process (no helper, or the helper failed).
-#[cfg(feature = "wasm")]
-fn load_wasm_in_process(pc: &conf::PolicyConf, view: wasm::HostView) -> Result<Box<dyn Policy>> {
     match wasm::WasmPolicy::load(pc, view) {
         Ok(p) => Ok(Box::new(p)),
         Err(e) if pc.failure_policy == conf::FailurePolicy::Default => {

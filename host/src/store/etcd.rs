@@ -166,6 +166,11 @@ fn retriable(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// The pause after failed attempt `attempt` (from 0), before the next member.
+pub(crate) fn failover_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(20u64 << attempt.min(4))
+}
+
 impl EtcdStore {
     /// Build the client. Reads the certificates now (a bad path is code 7) but
     /// connects lazily, on the first request.
@@ -288,7 +293,7 @@ impl EtcdStore {
             }
             // Fail over: forget this connection, back off a little, try the next member.
             *self.slot() = None;
-            std::thread::sleep(Duration::from_millis(20u64 << attempt.min(4)));
+            std::thread::sleep(failover_backoff(attempt));
         }
         Err(Error::TryAgainLater(format!(
             "etcd {what}: no endpoint answered after {attempts} attempts (timeoutMs {}); last error: {last}",

@@ -129,8 +129,8 @@ pub fn open(conf: &EtcdConf) -> Result<Arc<dyn Kv>> {
 /// The longest a helper may take over one request: every attempt's timeout and
 /// the back-off between attempts, plus a margin.
 fn budget(conf: &EtcdConf) -> Duration {
-    let backoff: u64 = (0..conf.retries).map(|a| 20u64 << a.min(4)).sum();
-    Duration::from_millis(conf.timeout_ms * u64::from(conf.retries) + backoff + 1000)
+    let backoff: Duration = (0..conf.retries).map(super::etcd::failover_backoff).sum();
+    Duration::from_millis(conf.timeout_ms * u64::from(conf.retries) + 1000) + backoff
 }
 
 /// Makes the in-process store a [`Remote`] falls back to.

@@ -704,6 +704,32 @@ impl Drop for Node {
     }
 }
 
+/// The socket of the node-local helper of `kind` (`etcd`, `policy`) in the
+/// lock directory `dir`, if there is one.
+pub fn helper_socket(dir: &Path, kind: &str) -> Option<PathBuf> {
+    let prefix = format!("{kind}-");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".sock"))
+        })
+}
+
+/// The PID the `kind` helper wrote into its lock file, while that process is
+/// alive and is that helper (`ohno-<kind>-helper` in `ps`).
+pub fn helper_pid(dir: &Path, kind: &str) -> Option<i32> {
+    let lock = helper_socket(dir, kind)?.with_extension("lock");
+    let pid: i32 = std::fs::read_to_string(lock).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline
+        .starts_with(format!("ohno-{kind}-helper\0").as_bytes())
+        .then_some(pid)
+}
+
 /// `veth` followed by 11 lower-case hex digits.
 pub fn is_ohno_veth_name(name: &str) -> bool {
     name.len() == 15
