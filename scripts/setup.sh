@@ -12,14 +12,17 @@ cd "$(dirname "$0")/.."
 #   containernetworking-plugins reference plugins in /usr/lib/cni (bridge, host-local,
 #                               portmap, tuning, ...) for chaining tests and the benchmark
 #   golang-go golang-github-appc-cni-dev  libcni, built offline, as a real CNI client
-#   protobuf-compiler           etcd client code generation
+#   protobuf-compiler libprotobuf-dev  etcd client code generation: protoc, and the
+#                               well-known types it imports (google/protobuf/*.proto),
+#                               which protoc does not ship (only a Recommends, and
+#                               we install without recommends)
 #   iproute2 iputils-ping       netns integration tests, demo
 #   openssl                     certificates for the mTLS etcd cluster
 #   valgrind linux-perf         memcheck and flamegraph targets
 #   jq                          the demo script
 PACKAGES=(
     nftables etcd-server etcd-client containernetworking-plugins
-    golang-go golang-github-appc-cni-dev protobuf-compiler
+    golang-go golang-github-appc-cni-dev protobuf-compiler libprotobuf-dev
     iproute2 iputils-ping openssl valgrind linux-perf jq
 )
 
