@@ -121,6 +121,29 @@ impl Error {
         }
     }
 
+    /// The CNI error document's `details`: the cause, once. `msg` already says
+    /// what failed (the field, variable, pool, address or policy), so `details`
+    /// does not repeat it; runtimes print the two together ("msg; details").
+    pub fn details(&self) -> String {
+        match self {
+            Error::InvalidConfig { msg, .. }
+            | Error::InvalidEnv { msg, .. }
+            | Error::UnsupportedField { msg, .. }
+            | Error::PoolExhausted { msg, .. }
+            | Error::AddressUnavailable { msg, .. } => msg.clone(),
+            Error::PolicyDenied { reason, .. } | Error::PolicyFault { reason, .. } => {
+                reason.clone()
+            }
+            Error::IncompatibleVersion(s)
+            | Error::UnknownContainer(s)
+            | Error::TryAgainLater(s)
+            | Error::NotAvailable(s)
+            | Error::Store(s)
+            | Error::CheckFailed(s) => s.clone(),
+            Error::Io { .. } | Error::Netlink { .. } | Error::Decode { .. } => self.to_string(),
+        }
+    }
+
     /// The category of the error, in a few words.
     pub fn summary(&self) -> &'static str {
         match self {

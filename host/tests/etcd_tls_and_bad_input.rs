@@ -131,10 +131,10 @@ fn prefix_without_a_leading_slash_is_invalid_config_naming_the_field() {
     let mut conf = env.conf("node-a");
     conf["ipam"]["store"]["prefix"] = json!("ohno");
     let (out, _) = failed_add(&env.node, &conf);
-    out.error_with_code(7);
+    let msg = out.error_with_code(7);
     assert!(
-        details(&out).contains("ipam.store.prefix"),
-        "{out}\ndetails do not name ipam.store.prefix"
+        msg.contains("ipam.store.prefix"),
+        "{out}\nmsg does not name ipam.store.prefix"
     );
     assert_eq!(env.cluster.keys(""), BTreeMap::new(), "{out}\nkeys written");
 }
@@ -146,11 +146,8 @@ fn missing_ca_file_is_invalid_config_naming_the_field() {
     let missing = env.node.dir.path().join("no-such-ca.pem");
     conf["ipam"]["store"]["caFile"] = json!(missing);
     let (out, took) = failed_add(&env.node, &conf);
-    out.error_with_code(7);
-    assert!(
-        details(&out).contains("caFile"),
-        "{out}\ndetails do not name caFile"
-    );
+    let msg = out.error_with_code(7);
+    assert!(msg.contains("caFile"), "{out}\nmsg does not name caFile");
     assert!(took < TLS_LIMIT, "{out}\nrejected only after {took:?}");
     assert_eq!(env.cluster.keys(""), BTreeMap::new(), "{out}\nkeys written");
 }

@@ -136,7 +136,7 @@ pub fn error_json(version: &str, err: &Error) -> Value {
         "cniVersion": version,
         "code": err.code(),
         "msg": err.msg(),
-        "details": err.to_string(),
+        "details": err.details(),
     })
 }
 
@@ -245,9 +245,36 @@ mod tests {
         let j = error_json("1.1.0", &e);
         assert_eq!(j["code"], 7);
         assert_eq!(j["cniVersion"], "1.1.0");
-        assert!(j["details"]
-            .as_str()
-            .unwrap()
-            .contains("ipam.pools[0].subnet"));
+        assert_eq!(
+            j["msg"],
+            "invalid network config field ipam.pools[0].subnet"
+        );
+        assert_eq!(j["details"], "bad");
+    }
+
+    #[test]
+    fn error_document_says_what_failed_once_and_the_cause_once() {
+        for e in [
+            Error::config("ipam.pools[0].blockSize", "/31 does not fit"),
+            Error::PoolExhausted {
+                pool: "default".into(),
+                msg: "no free block".into(),
+            },
+            Error::PolicyDenied {
+                policy: "p.wasm".into(),
+                reason: "namespace kube-system".into(),
+            },
+            Error::TryAgainLater("etcd unreachable".into()),
+        ] {
+            let j = error_json("1.1.0", &e);
+            let (msg, details) = (
+                j["msg"].as_str().unwrap_or(""),
+                j["details"].as_str().unwrap_or(""),
+            );
+            let shown = format!("{msg}; {details}");
+            assert!(!details.contains(msg), "{shown}");
+            assert!(!msg.contains(details), "{shown}");
+            assert!(e.to_string().contains(details), "{shown} vs {e}");
+        }
     }
 }
