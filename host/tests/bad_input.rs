@@ -148,3 +148,59 @@ fn etcd_endpoint_with_a_path_or_no_port_is_an_invalid_config_naming_it() {
         );
     }
 }
+
+/// Node-local paths must be absolute: the plugin and the helpers it starts run
+/// in different working directories, so a relative path names two places.
+#[test]
+fn relative_node_local_paths_are_invalid_config_naming_the_field() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let cases: [(&str, fn(&mut serde_json::Value)); 3] = [
+        ("ipam.lockDir", |c| c["ipam"]["lockDir"] = json!("run/ohno")),
+        ("ipam.store.dataDir", |c| {
+            c["ipam"]["store"] = json!({"type": "local", "dataDir": "var/lib/ohno"})
+        }),
+        (
+            "policy.cacheDir",
+            |c| c["policy"] = json!({"path": "/nonexistent/p.wasm", "cacheDir": "cache"}),
+        ),
+    ];
+    for (field, edit) in cases {
+        let mut conf = node.ohno_conf("1.1.0");
+        edit(&mut conf);
+        let msg = rejected(&node, &Invocation::ohno("ADD", &pod), &conf.to_string(), 7);
+        assert_eq!(msg, format!("invalid network config field {field}"));
+    }
+    assert!(pod.ns.link("eth0").is_none());
+}
+
+/// A lockDir too long for the helpers' Unix socket paths is refused before
+/// anything starts, instead of every ADD starting a helper that cannot bind.
+#[test]
+fn lock_dir_too_long_for_a_socket_path_is_invalid_config() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut conf = node.ohno_conf("1.1.0");
+    conf["ipam"]["lockDir"] = json!(format!("/run/{}", "d".repeat(90)));
+    let msg = rejected(&node, &Invocation::ohno("ADD", &pod), &conf.to_string(), 7);
+    assert_eq!(msg, "invalid network config field ipam.lockDir");
+}
+
+/// https:// and http:// in one store: a failover would go to etcd in clear.
+#[test]
+fn mixed_http_and_https_endpoints_are_invalid_config() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut conf = node.ohno_conf("1.1.0");
+    conf["ipam"]["store"] = json!({"type": "etcd",
+        "endpoints": ["https://127.0.0.1:1", "http://127.0.0.1:2"], "caFile": "/nonexistent/ca.pem"});
+    let out = run_plugin(
+        &node.host,
+        &Invocation::ohno("ADD", &pod),
+        &conf.to_string(),
+    );
+    let msg = out.error_with_code(7);
+    assert_eq!(msg, "invalid network config field ipam.store.endpoints");
+    assert!(out.stdout.contains("clear"), "{out}");
+    assert!(pod.ns.link("eth0").is_none());
+}

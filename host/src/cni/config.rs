@@ -204,6 +204,24 @@ pub struct IpamConf {
 /// Default directory of node-local lock files.
 pub const DEFAULT_LOCK_DIR: &str = "/run/ohno";
 
+/// The longest `ipam.lockDir`: a Unix socket path holds 107 bytes, and the
+/// helpers' sockets are `<lockDir>/<kind>-<16 hex>.sock` (kind ≤ 6 bytes).
+pub const MAX_LOCK_DIR_LEN: usize = 107 - "/policy-0123456789abcdef.sock".len();
+
+/// A node-local directory from the config: absolute, or code 7 naming `field`.
+/// The plugin and the helpers it starts run with different working directories,
+/// so a relative path would name two places.
+pub fn node_dir(field: &str, raw: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(raw);
+    if !path.is_absolute() {
+        return Err(Error::config(
+            field,
+            format!("{raw:?} is not an absolute path"),
+        ));
+    }
+    Ok(path)
+}
+
 /// Addresses and MAC the runtime asked for (capabilities and args).
 #[derive(Debug, Clone, Default)]
 pub struct Requests {
@@ -492,7 +510,20 @@ fn parse_ipam(raw: Option<&RawIpam>) -> Result<IpamConf> {
         routes.push(RouteConf { dst, gw });
     }
     let mut store = parse_store(raw.store.as_ref())?;
-    let lock_dir = PathBuf::from(raw.lock_dir.as_deref().unwrap_or(DEFAULT_LOCK_DIR));
+    let lock_dir = node_dir(
+        "ipam.lockDir",
+        raw.lock_dir.as_deref().unwrap_or(DEFAULT_LOCK_DIR),
+    )?;
+    if lock_dir.as_os_str().len() > MAX_LOCK_DIR_LEN {
+        return Err(Error::config(
+            "ipam.lockDir",
+            format!(
+                "{:?} is {} bytes; the helpers' Unix sockets in it need it at most {MAX_LOCK_DIR_LEN}",
+                lock_dir,
+                lock_dir.as_os_str().len()
+            ),
+        ));
+    }
     if let StoreConf::Etcd(e) = &mut store {
         e.helper_dir = Some(lock_dir.clone());
     }
@@ -630,10 +661,11 @@ fn parse_store(raw: Option<&RawStore>) -> Result<StoreConf> {
     }
     match raw.and_then(|s| s.store_type.as_deref()).unwrap_or("local") {
         "local" => Ok(StoreConf::Local {
-            data_dir: PathBuf::from(
-                raw.and_then(|s| s.data_dir.clone())
-                    .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-            ),
+            data_dir: node_dir(
+                "ipam.store.dataDir",
+                raw.and_then(|s| s.data_dir.as_deref())
+                    .unwrap_or(DEFAULT_DATA_DIR),
+            )?,
             prefix,
         }),
         "etcd" => parse_etcd(raw, prefix),
@@ -678,6 +710,13 @@ fn parse_etcd(raw: Option<&RawStore>, prefix: String) -> Result<StoreConf> {
         }
     }
     let tls = raw.endpoints.iter().any(|e| e.starts_with("https://"));
+    if tls && raw.endpoints.iter().any(|e| e.starts_with("http://")) {
+        return Err(Error::config(
+            "ipam.store.endpoints",
+            "mixes https:// and http:// endpoints: a failover would send the store's data \
+             in clear and without client authentication; use one scheme",
+        ));
+    }
     if tls && raw.ca_file.is_none() {
         return Err(Error::config(
             "ipam.store.caFile",
@@ -831,6 +870,30 @@ mod tests {
                 data_dir: PathBuf::from("/var/lib/ohno"),
                 prefix: "/ohno".into()
             }
+        );
+    }
+
+    #[test]
+    fn one_scheme_per_store_and_absolute_node_dirs() {
+        let mut v = base();
+        v["ipam"]["store"] = json!({"type": "etcd", "caFile": "/ca.pem",
+            "endpoints": ["https://127.0.0.1:2379", "http://127.0.0.1:2380"]});
+        let e = conf(v).unwrap_err();
+        assert_eq!(e.msg(), "invalid network config field ipam.store.endpoints");
+        let mut v = base();
+        v["ipam"]["lockDir"] = json!("./run");
+        assert_eq!(
+            conf(v).unwrap_err().msg(),
+            "invalid network config field ipam.lockDir"
+        );
+        let mut v = base();
+        v["ipam"]["lockDir"] = json!(format!("/{}", "x".repeat(MAX_LOCK_DIR_LEN - 1)));
+        assert!(conf(v).is_ok());
+        let mut v = base();
+        v["ipam"]["lockDir"] = json!(format!("/{}", "x".repeat(MAX_LOCK_DIR_LEN)));
+        assert_eq!(
+            conf(v).unwrap_err().msg(),
+            "invalid network config field ipam.lockDir"
         );
     }
 

@@ -86,11 +86,12 @@ impl PolicyConf {
             memory_mb: num("memoryMB", DEFAULT_MEMORY_MB, 1..=4096)?,
             fuel: num("fuel", DEFAULT_FUEL, 1_000..=u64::MAX / 2)?,
             failure_policy,
-            cache_dir: PathBuf::from(
+            cache_dir: crate::cni::config::node_dir(
+                "policy.cacheDir",
                 obj.get("cacheDir")
                     .and_then(|c| c.as_str())
                     .unwrap_or(DEFAULT_CACHE_DIR),
-            ),
+            )?,
             persist_ms: match obj.get("persistMs") {
                 None => DEFAULT_PERSIST_MS,
                 Some(n) => match n.as_u64() {
