@@ -155,7 +155,8 @@ fn etcd_endpoint_with_a_path_or_no_port_is_an_invalid_config_naming_it() {
 fn relative_node_local_paths_are_invalid_config_naming_the_field() {
     let node = Node::new();
     let pod = Pod::new();
-    let cases: [(&str, fn(&mut serde_json::Value)); 3] = [
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 3] = [
         ("ipam.lockDir", |c| c["ipam"]["lockDir"] = json!("run/ohno")),
         ("ipam.store.dataDir", |c| {
             c["ipam"]["store"] = json!({"type": "local", "dataDir": "var/lib/ohno"})

@@ -255,3 +255,58 @@ fn ohnoctl_gc_releases_only_the_named_nodes_stale_attachments() {
         "node-b's attachment must survive node-a's GC"
     );
 }
+
+/// `ohnoctl ipam release` checks its ids as the plugin does: they become store
+/// keys, and "a/b" or "../x" would name someone else's.
+#[test]
+fn ohnoctl_release_refuses_ids_the_plugin_would_refuse() {
+    require_root();
+    let node = Node::new();
+    let pod = Pod::new();
+    let conf = node.ohno_conf("1.1.0");
+    node.add(&pod, &conf);
+    let before = file_tree(&node.store_dir());
+    for args in [
+        [
+            "--container",
+            "../x",
+            "--ifname",
+            "eth0",
+            "--network",
+            "podnet",
+        ],
+        [
+            "--container",
+            "a/b",
+            "--ifname",
+            "eth0",
+            "--network",
+            "podnet",
+        ],
+        [
+            "--container",
+            "ok",
+            "--ifname",
+            "eth0/x",
+            "--network",
+            "podnet",
+        ],
+        [
+            "--container",
+            "ok",
+            "--ifname",
+            "eth0",
+            "--network",
+            "net/../x",
+        ],
+    ] {
+        let mut all = vec!["ipam", "release"];
+        all.extend(args);
+        let (code, out) = ohnoctl(&node, &conf, &all);
+        assert_ne!(code, 0, "{args:?} accepted: {out}");
+        assert!(out.contains("invalid"), "{args:?}: {out}");
+        assert!(!out.contains("released"), "{args:?}: {out}");
+    }
+    assert_eq!(file_tree(&node.store_dir()), before, "store changed");
+    assert_eq!(containers(&node, &conf), vec![pod.container_id.clone()]);
+}

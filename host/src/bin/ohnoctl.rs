@@ -572,6 +572,16 @@ fn release(
     ifname: &str,
     network: Option<String>,
 ) -> Result<bool> {
+    // The ids become store keys: refuse what the plugin would refuse before
+    // opening anything ("../x" or "a/b" would name another key).
+    ohno::cni::env::validate_container_id(container)?;
+    ohno::cni::env::validate_ifname(ifname).map_err(|msg| Error::InvalidEnv {
+        var: "CNI_IFNAME",
+        msg,
+    })?;
+    if let Some(n) = &network {
+        ohno::cni::config::validate_network_name(n)?;
+    }
     let (conf, kv) = open(config)?;
     let alloc = Allocator::from_conf(&*kv, &conf);
     let id = AttachmentId {

@@ -418,7 +418,9 @@ fn default_node_name() -> Result<String> {
     Ok(host.to_string_lossy().into_owned())
 }
 
-fn validate_network_name(name: &str) -> Result<()> {
+/// A network name: a letter or digit, then letters, digits, '_', '.', '-'
+/// (one segment of a store key and of a chain name).
+pub fn validate_network_name(name: &str) -> Result<()> {
     let ok_first = name
         .chars()
         .next()
