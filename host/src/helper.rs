@@ -355,6 +355,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_socket_in_the_longest_accepted_lock_dir_fits_sun_path() {
+        use crate::cni::config::MAX_LOCK_DIR_LEN;
+        let dir = PathBuf::from(format!("/{}", "d".repeat(MAX_LOCK_DIR_LEN - 1)));
+        // sun_path holds 108 bytes with its NUL.
+        let room =
+            std::mem::size_of::<libc::sockaddr_un>() - std::mem::size_of::<libc::sa_family_t>() - 1;
+        for kind in ["etcd", "policy"] {
+            let path = socket_path(&dir, kind, "id");
+            assert!(path.as_os_str().len() <= room, "{path:?}");
+        }
+        let longest = socket_path(&dir, "policy", "id");
+        assert_eq!(
+            longest.as_os_str().len(),
+            room,
+            "MAX_LOCK_DIR_LEN is not tight"
+        );
+    }
+
+    #[test]
     fn errors_keep_their_code_and_text_across_the_socket() {
         for e in [
             Error::config("ipam.store.caFile", "bad CA"),

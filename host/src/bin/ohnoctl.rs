@@ -575,10 +575,7 @@ fn release(
     // The ids become store keys: refuse what the plugin would refuse before
     // opening anything ("../x" or "a/b" would name another key).
     ohno::cni::env::validate_container_id(container)?;
-    ohno::cni::env::validate_ifname(ifname).map_err(|msg| Error::InvalidEnv {
-        var: "CNI_IFNAME",
-        msg,
-    })?;
+    ohno::cni::env::validate_cni_ifname(ifname)?;
     if let Some(n) = &network {
         ohno::cni::config::validate_network_name(n)?;
     }

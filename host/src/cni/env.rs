@@ -106,10 +106,7 @@ impl Env {
         env.container_id = require("CNI_CONTAINERID")?;
         validate_container_id(&env.container_id)?;
         env.ifname = require("CNI_IFNAME")?;
-        validate_ifname(&env.ifname).map_err(|msg| Error::InvalidEnv {
-            var: "CNI_IFNAME",
-            msg,
-        })?;
+        validate_cni_ifname(&env.ifname)?;
         match command {
             Command::Del => env.netns = nonempty("CNI_NETNS").map(PathBuf::from),
             _ => {
@@ -157,6 +154,14 @@ pub fn validate_container_id(id: &str) -> Result<()> {
         return Err(bad("longer than 256 characters".into()));
     }
     Ok(())
+}
+
+/// `CNI_IFNAME` (or an ifname an operator names): [`validate_ifname`], code 4.
+pub fn validate_cni_ifname(name: &str) -> Result<()> {
+    validate_ifname(name).map_err(|msg| Error::InvalidEnv {
+        var: "CNI_IFNAME",
+        msg,
+    })
 }
 
 /// Linux interface names: 1–15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
