@@ -43,7 +43,7 @@ use common::{default_cni_path, ohno_binary, Node, Pod};
 use ohno::cni::config::NetConf;
 use ohno::ipam::{Allocator, Owner, Want};
 use ohno::policy::wasm::{self, HostView, PolicyConf, WasmPolicy};
-use ohno::policy::{Family, Policy};
+use ohno::policy::{cache, Family, Policy};
 use serde_json::{json, Value};
 use support::{
     checkpoint, env_usize, install_signal_handlers, loadavg, ms, p50, p95, verdict, Host, Report,
@@ -598,16 +598,16 @@ fn breakdown(report: &mut Report) {
         let name = file.display().to_string();
         wasm::load_component(&engine, &file, &cache).expect("compile");
         let bytes = std::fs::read(&file).expect("read the component");
-        let entry = wasm::cache::entry(&cache, &wasm::cache::key(&engine, &bytes));
-        let payload = wasm::cache::read(&entry).expect("a valid cache entry");
+        let entry = cache::entry(&cache, &cache::key(&engine, &bytes));
+        let payload = cache::read(&entry).expect("a valid cache entry");
         let read_t = repeat(|| {
             std::fs::read(&file).expect("read the component");
         });
         let key_t = repeat(|| {
-            wasm::cache::key(&engine, &bytes);
+            cache::key(&engine, &bytes);
         });
         let entry_t = repeat(|| {
-            assert!(wasm::cache::verify(&entry), "a valid cache entry");
+            assert!(cache::verify(&entry), "a valid cache entry");
         });
         // SAFETY: `entry` is a verified entry that `Component::serialize` wrote
         // for this engine's configuration (what the plugin loads).

@@ -167,7 +167,7 @@ fn exit(outcome: Result<bool>) -> ExitCode {
 }
 
 fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
-    use ohno::policy::wasm;
+    use ohno::policy::{cache, wasm};
     let parse_config = |c: &str| -> Result<Value> {
         serde_json::from_str(c).map_err(|e| Error::Decode {
             what: "--config".into(),
@@ -181,7 +181,7 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
             let (_, outcome) = wasm::load_component(&engine, &file, &cache_dir)?;
             let bytes = std::fs::read(&file)
                 .map_err(|e| Error::io(format!("read {}", file.display()), e))?;
-            let entry = wasm::cache::entry(&cache_dir, &wasm::cache::key(&engine, &bytes));
+            let entry = cache::entry(&cache_dir, &cache::key(&engine, &bytes));
             println!(
                 "{}: {} in {:.1} ms; cache entry {}",
                 file.display(),

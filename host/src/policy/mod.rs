@@ -3,6 +3,8 @@
 //! default policy. WebAssembly components (`wasm`) plug in behind the same trait;
 //! every answer is validated by the host, never trusted.
 
+#[cfg(feature = "wasm")]
+pub mod cache;
 pub mod conf;
 #[cfg(feature = "wasm")]
 pub mod helper;
