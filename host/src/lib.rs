@@ -13,6 +13,7 @@ pub mod helper;
 pub mod ipam;
 pub mod logging;
 pub mod net;
+pub mod nodefs;
 pub mod policy;
 pub mod store;
 

@@ -106,6 +106,8 @@ pub fn run(stdin: &[u8]) -> Result<Option<Value>> {
     }
     let conf = NetConf::parse(stdin, &env.args.ips)?;
     require_version(env.command, conf.version())?;
+    // Before any verb creates or opens a file in them.
+    crate::nodefs::check_conf(&conf)?;
     let inv = Invocation { env, conf };
     match inv.env.command {
         Command::Add => add::run(&inv).map(Some),

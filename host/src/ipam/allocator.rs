@@ -76,6 +76,10 @@ struct Pick {
     own: Option<(i64, Option<u128>)>,
 }
 
+/// The most of a hint file that is read: far more than the lines of every
+/// block a node can hold, and a bound on what a planted file costs.
+const MAX_HINT_BYTES: u64 = 1 << 20;
+
 /// What a node-local hint file says about this node's blocks of one pool. Only a
 /// hint: every use of it is guarded by a transaction's compares, so a stale,
 /// wrong or foreign hint costs a round trip, never a wrong write.
@@ -235,9 +239,15 @@ impl<'a> Allocator<'a> {
         let Some(path) = self.hint_path(pool) else {
             return Hint::default();
         };
-        std::fs::read_to_string(path)
-            .map(|s| Hint::parse(&s))
-            .unwrap_or_default()
+        match crate::nodefs::read_capped(&path, MAX_HINT_BYTES) {
+            Ok(bytes) => Hint::parse(&String::from_utf8_lossy(&bytes)),
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::debug!("block hint {}: {e}; not used", path.display());
+                }
+                Hint::default()
+            }
+        }
     }
 
     /// Record the hint of `pool` (failures only logged). Overwritten in place,
@@ -250,20 +260,8 @@ impl<'a> Allocator<'a> {
             return;
         };
         let text = hint.render();
-        let open = || {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-        };
-        let written = open()
-            .or_else(|e| match path.parent() {
-                Some(dir) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(dir).and_then(|()| open())
-                }
-                _ => Err(e),
-            })
+        // The directory was checked (and made) before the verb began.
+        let written = crate::nodefs::open_file(&path, crate::nodefs::Access::ReadWriteCreate)
             .and_then(|f| {
                 f.write_all_at(text.as_bytes(), 0)?;
                 f.set_len(text.len() as u64)
@@ -302,14 +300,7 @@ impl<'a> Allocator<'a> {
     /// (the transactions do that).
     fn lock_claims(&self) -> Option<nix::fcntl::Flock<std::fs::File>> {
         let path = self.claim_lock.as_ref()?;
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
+        let file = crate::nodefs::open_file(path, crate::nodefs::Access::ReadWriteCreate)
             .inspect_err(|e| log::warn!("open claim lock {}: {e}", path.display()))
             .ok()?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {

@@ -56,17 +56,54 @@ fn db_err(path: &Path, what: &str, e: rusqlite::Error) -> Error {
 }
 
 impl LocalStore {
-    /// Open (creating if needed) the store in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<LocalStore> {
-        if !data_dir.exists() {
-            std::fs::create_dir_all(data_dir).map_err(|e| {
-                Error::io(format!("create store directory {}", data_dir.display()), e)
-            })?;
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
+    /// Create the database file 0600 before SQLite does (SQLite would make it
+    /// 0644, and its journal files copy the database's mode), or check the one
+    /// there: a regular file of ours, its mode narrowed to 0600.
+    fn own_db_file(path: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let refuse = |e: std::io::Error| {
+            Error::config(
+                "ipam.store.dataDir",
+                format!("database {}: {e}", path.display()),
+            )
+        };
+        let narrow = |file: std::fs::File| -> std::io::Result<()> {
+            if file.metadata()?.permissions().mode() & 0o7777 != 0o600 {
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(())
+        };
+        crate::nodefs::open_file(path, crate::nodefs::Access::ReadWriteCreate)
+            .and_then(narrow)
+            .map_err(refuse)?;
+        // Journal files an older Ohno left with SQLite's default mode.
+        for suffix in ["-wal", "-shm"] {
+            let mut journal = path.as_os_str().to_owned();
+            journal.push(suffix);
+            let journal = std::path::PathBuf::from(journal);
+            if std::fs::symlink_metadata(&journal).is_ok() {
+                crate::nodefs::open_file(&journal, crate::nodefs::Access::Read)
+                    .and_then(narrow)
+                    .map_err(refuse)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Open (creating if needed) the store in `data_dir`: a directory only this
+    /// uid can reach (see [`crate::nodefs`]), a database file that is a regular
+    /// file of ours with mode 0600 (it holds pod names and UIDs), opened
+    /// without following a symlink.
+    pub fn open(data_dir: &Path) -> Result<LocalStore> {
+        crate::nodefs::private_dir("ipam.store.dataDir", data_dir)?;
         let path = data_dir.join(DB_FILE);
-        let conn = Connection::open(&path).map_err(|e| db_err(&path, "open", e))?;
+        Self::own_db_file(&path)?;
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| db_err(&path, "open", e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| db_err(&path, "set busy timeout", e))?;
         let version: i64 = conn
