@@ -1382,7 +1382,11 @@ pub(crate) mod suite {
     fn scratch_dir(tag: &str) -> std::path::PathBuf {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        std::env::temp_dir().join(format!("ohno-{tag}-{}-{n}-{}", std::process::id(), now()))
+        let dir =
+            std::env::temp_dir().join(format!("ohno-{tag}-{}-{n}-{}", std::process::id(), now()));
+        // As a verb finds it: checked and made by nodefs before the allocator runs.
+        crate::nodefs::private_dir("ipam.lockDir", &dir).unwrap();
+        dir
     }
 
     /// A node holding more blocks than one etcd transaction may read (128

@@ -334,7 +334,7 @@ mod tests {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        std::fs::create_dir_all(&d).unwrap();
+        crate::nodefs::private_dir("ipam.store.dataDir", &d).unwrap();
         d
     }
 
