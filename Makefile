@@ -39,7 +39,8 @@ flamegraph: setup
 	scripts/setup-flamegraph.sh
 	scripts/flamegraph.sh
 
-# cargo-fuzz (nightly) on the config, CNI_ARGS, result and version parsers,
+# cargo-fuzz (nightly) on the config, CNI_ARGS, result and version parsers and
+# the helpers' socket framing,
 # FUZZ_SECONDS (default 60) per target.
 fuzz: setup
 	scripts/setup-fuzz.sh

@@ -6,6 +6,8 @@
 #   result    CniResult::parse of arbitrary JSON, to_json in every supported
 #             version and parse again: must round-trip
 #   version   Version::parse / require_supported / negotiate
+#   frame     helper::receive (the helpers' socket framing) on arbitrary bytes:
+#             no panic, no allocation past the bytes received, round-trips
 # Each runs for FUZZ_SECONDS (default 60). FUZZ_TARGETS picks a subset.
 # The corpus grows in target/fuzz/corpus/<target> (seeded from fuzz/seeds/<target>);
 # a crash, leak, timeout or failed assertion leaves its input in
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 NIGHTLY=${FUZZ_TOOLCHAIN:-nightly}
-read -r -a TARGETS <<<"${FUZZ_TARGETS:-netconf cni_args result version}"
+read -r -a TARGETS <<<"${FUZZ_TARGETS:-netconf cni_args result version frame}"
 NICE=(nice -n "${OHNO_NICE:-10}")
 OUT=target/fuzz
 BUILD_DIR=$OUT/build

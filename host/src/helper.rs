@@ -23,7 +23,7 @@
 //!   garbage is replaced by doing the work in-process.
 
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,10 +34,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
-/// Largest frame either side accepts.
-const MAX_FRAME: usize = 64 << 20;
+/// Largest frame either side accepts or sends.
+pub const MAX_FRAME: usize = 64 << 20;
+/// How much of a frame's body is allocated before its bytes arrive: a header
+/// alone never makes the reader allocate more.
+const READ_CHUNK: usize = 64 << 10;
 /// How often a helper checks its socket, what it serves, and its idleness.
 const TICK: Duration = Duration::from_millis(250);
+/// How long a helper waits for a connected caller's next request, and for a
+/// caller to take a reply, before it drops the connection: a caller is one
+/// CNI call, which never pauses that long between two requests.
+const CONNECTION_IDLE: Duration = Duration::from_secs(30);
+const CONNECTION_WRITE: Duration = Duration::from_secs(10);
+/// At most this many connections are served at once; one more is closed at
+/// once (its caller does the work in-process), so a flood of connections
+/// costs the helper no more than this many threads.
+const MAX_WORKERS: usize = 64;
+/// A worker thread with nothing to do for this long exits.
+const WORKER_IDLE: Duration = Duration::from_secs(10);
+
+/// The first argument that makes `ohno` a helper: `ohno --helper <kind>`, with
+/// what to serve in the kind's environment variable. Only this argument does:
+/// the variable alone (an `ohno` run with a stray environment) is ignored.
+pub const ROLE_ARG: &str = "--helper";
+
+/// The helper kind this process was started as (`ohno --helper <kind>`), if any.
+pub fn role() -> Option<String> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next()? != ROLE_ARG {
+        return None;
+    }
+    args.next()?.into_string().ok()
+}
 
 /// Only the plugin binary starts helpers (not `ohnoctl`, not tests linking the
 /// library): set by `ohno`'s `main`.
@@ -117,9 +145,16 @@ pub fn invalid(e: serde_json::Error) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e)
 }
 
-/// Send one message: its length (u32, little-endian) and its JSON.
-pub fn send<T: Serialize>(s: &mut UnixStream, msg: &T) -> std::io::Result<()> {
+/// Send one message: its length (u32, little-endian) and its JSON. A message
+/// larger than [`MAX_FRAME`] is refused here, as the peer would refuse it.
+pub fn send<T: Serialize>(s: &mut impl std::io::Write, msg: &T) -> std::io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(invalid)?;
+    if body.len() > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a message of {} bytes is over the frame limit", body.len()),
+        ));
+    }
     let len = u32::try_from(body.len())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large"))?;
     let mut buf = Vec::with_capacity(4 + body.len());
@@ -128,8 +163,10 @@ pub fn send<T: Serialize>(s: &mut UnixStream, msg: &T) -> std::io::Result<()> {
     s.write_all(&buf)
 }
 
-/// Receive one message sent by [`send`].
-pub fn receive<T: for<'de> Deserialize<'de>>(s: &mut UnixStream) -> std::io::Result<T> {
+/// Receive one message sent by [`send`]. The body is read as it arrives, up to
+/// the length its header gives (at most [`MAX_FRAME`]): memory follows the
+/// bytes received, not the bytes announced.
+pub fn receive<T: for<'de> Deserialize<'de>>(s: &mut impl std::io::Read) -> std::io::Result<T> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
@@ -139,8 +176,14 @@ pub fn receive<T: for<'de> Deserialize<'de>>(s: &mut UnixStream) -> std::io::Res
             format!("frame of {len} bytes"),
         ));
     }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)?;
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK));
+    s.take(len as u64).read_to_end(&mut body)?;
+    if body.len() != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame of {len} bytes ended after {}", body.len()),
+        ));
+    }
     serde_json::from_slice(&body).map_err(invalid)
 }
 
@@ -153,18 +196,35 @@ pub fn timed_out(e: &std::io::Error) -> bool {
 }
 
 /// Connect to the helper at `socket`, with `budget` as the read and write
-/// timeout of every exchange.
+/// timeout of every exchange. A socket answered by a process of another uid is
+/// not ours to use (the helper checks its callers the same way).
 pub fn connect(socket: &Path, budget: Duration) -> std::io::Result<UnixStream> {
     let stream = UnixStream::connect(socket)?;
+    let me = crate::nodefs::euid();
+    match peer_uid(&stream) {
+        Some(uid) if uid == me => {}
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("answered by uid {other:?}, not {me}"),
+            ))
+        }
+    }
     stream.set_read_timeout(Some(budget))?;
     stream.set_write_timeout(Some(budget))?;
     Ok(stream)
 }
 
-/// Whether a helper holds `lock` (its `flock`).
+/// Whether a helper holds `lock` (its `flock`). A lock path that is not a
+/// plain file of ours counts as held: no helper is started over it.
 fn lock_held(lock: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(lock) else {
-        return false;
+    let f = match crate::nodefs::open_file(lock, crate::nodefs::Access::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(e) => {
+            log::debug!("helper lock {}: {e}", lock.display());
+            return true;
+        }
     };
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own; released when `f` closes.
@@ -172,10 +232,10 @@ fn lock_held(lock: &Path) -> bool {
     !free
 }
 
-/// Start `ohno` as a helper for `socket` (environment variable `env` = `doc`),
-/// detached, unless one already holds the socket's lock or this process may
-/// not start helpers.
-pub fn spawn(env: &str, name: &str, doc: &str, socket: &Path) {
+/// Start `ohno --helper <kind>` for `socket` (environment variable `env` =
+/// `doc`), detached, unless one already holds the socket's lock or this
+/// process may not start helpers.
+pub fn spawn(kind: &str, env: &str, name: &str, doc: &str, socket: &Path) {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     if !MAY_SPAWN.load(Ordering::Relaxed) || lock_held(&socket.with_extension("lock")) {
@@ -186,6 +246,8 @@ pub fn spawn(env: &str, name: &str, doc: &str, socket: &Path) {
     // does not reach it.
     let spawned = Command::new("/proc/self/exe")
         .arg0(name)
+        .arg(ROLE_ARG)
+        .arg(kind)
         .env_clear()
         .env(env, doc)
         .current_dir("/")
@@ -205,11 +267,15 @@ pub fn spawn(env: &str, name: &str, doc: &str, socket: &Path) {
 }
 
 /// The start of a helper process: nothing of the caller's stays open (a pod's
-/// netns, a pipe the runtime waits on); stdio is already /dev/null.
+/// netns, a pipe the runtime waits on); stdio is already /dev/null. What the
+/// helper creates (its socket) is for its own uid only, whatever umask the
+/// runtime had.
 pub fn close_inherited_descriptors() {
-    // SAFETY: close_range on descriptors this new process does not use.
+    // SAFETY: close_range on descriptors this new process does not use;
+    // umask only sets this process's creation mask.
     unsafe {
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        libc::umask(0o177);
     }
 }
 
@@ -235,6 +301,36 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     (rc == 0).then_some(cred.uid)
 }
 
+/// A waiting worker's next connection, or `None` when it should exit: idle
+/// for [`WORKER_IDLE`] while no connection is on its way to a waiting worker.
+///
+/// `idle` counts waiting workers not yet promised a connection; the acceptor
+/// takes one off before it queues a connection. A worker leaves only by
+/// taking itself off the same count, so there are always as many waiting
+/// workers as queued connections.
+fn next_connection(
+    waiting: &std::sync::Mutex<std::sync::mpsc::Receiver<UnixStream>>,
+    idle: &AtomicUsize,
+) -> Option<UnixStream> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let queue = waiting.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        match queue.recv_timeout(WORKER_IDLE) {
+            Ok(stream) => return Some(stream),
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) => {
+                let left = idle
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if left {
+                    return None;
+                }
+                // Every waiting worker is promised: a connection is coming.
+            }
+        }
+    }
+}
+
 /// Be the helper on `socket`: take its lock (or leave: another helper has
 /// it), `setup` what is served, bind, and hand each connection to the
 /// handler on a thread of its own, until idle for `persist`, until the socket
@@ -249,16 +345,13 @@ where
     H: Fn(UnixStream) + Send + Sync + 'static,
 {
     if let Some(dir) = socket.parent() {
-        // The directory may not exist yet on a node's first call.
-        std::fs::create_dir_all(dir)?;
+        // Checked by the plugin before it started us; again, as it is ours now.
+        crate::nodefs::private_dir("ipam.lockDir", dir).map_err(std::io::Error::other)?;
     }
-    let mut lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(socket.with_extension("lock"))?;
+    let mut lock = crate::nodefs::open_file(
+        &socket.with_extension("lock"),
+        crate::nodefs::Access::ReadWriteCreate,
+    )?;
     {
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor we own, held until this process exits.
@@ -270,12 +363,11 @@ where
     lock.write_all(format!("{}\n", std::process::id()).as_bytes())?;
     let handler = Arc::new(setup()?);
     let _ = std::fs::remove_file(socket);
+    // 0700 by the umask set at start: a chmod by path could follow a link.
     let listener = UnixListener::bind(socket)?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let bound = std::fs::metadata(socket)?.ino();
     listener.set_nonblocking(true)?;
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::nodefs::euid();
     let open = Arc::new(AtomicUsize::new(0));
     // Connections go to a worker thread that is already waiting when there is
     // one (a new thread per connection costs its start on every call); a new
@@ -295,8 +387,13 @@ where
         unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
         match listener.accept() {
             Ok((stream, _)) => {
-                if peer_uid(&stream) != Some(me) || stream.set_nonblocking(false).is_err() {
-                    continue;
+                if peer_uid(&stream) != Some(me)
+                    || open.load(Ordering::SeqCst) >= MAX_WORKERS
+                    || stream.set_nonblocking(false).is_err()
+                    || stream.set_read_timeout(Some(CONNECTION_IDLE)).is_err()
+                    || stream.set_write_timeout(Some(CONNECTION_WRITE)).is_err()
+                {
+                    continue; // Closed: the caller works in-process.
                 }
                 open.fetch_add(1, Ordering::SeqCst);
                 let took_idle = idle
@@ -318,8 +415,7 @@ where
                             handler(stream);
                             done.fetch_sub(1, Ordering::SeqCst);
                             idle.fetch_add(1, Ordering::SeqCst);
-                            let queue = waiting.lock().unwrap_or_else(|p| p.into_inner());
-                            next = queue.recv().ok();
+                            next = next_connection(&waiting, &idle);
                         }
                     });
                 if started.is_err() {

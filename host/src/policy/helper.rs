@@ -47,6 +47,8 @@ use crate::store::Kv;
 
 /// The environment variable that makes `ohno` the policy helper.
 pub const ENV: &str = "OHNO_POLICY_HELPER";
+/// The helper kind: `ohno --helper policy`, and its sockets' names.
+const KIND: &str = "policy";
 /// The helper's name in `ps`.
 const NAME: &str = "ohno-policy-helper";
 /// Bumped when the wire format changes (part of the socket's hash).
@@ -85,7 +87,7 @@ impl Identity {
             crate::file_identity(&self.policy.path).ok()?,
             crate::helper::netns_identity()?
         );
-        Some(crate::helper::socket_path(&self.lock_dir, "policy", &id))
+        Some(crate::helper::socket_path(&self.lock_dir, KIND, &id))
     }
 }
 
@@ -159,7 +161,7 @@ pub fn connect(conf: &NetConf, policy: &PolicyConf, kv: &Arc<dyn Kv>) -> Option<
             log::debug!("policy: no helper at {} ({e})", socket.display());
             let start = Start { identity, socket };
             if let Ok(doc) = serde_json::to_string(&start) {
-                crate::helper::spawn(ENV, NAME, &doc, &start.socket);
+                crate::helper::spawn(KIND, ENV, NAME, &doc, &start.socket);
             }
             None
         }
@@ -504,6 +506,9 @@ fn converse(served: &Served, mut stream: UnixStream) {
 /// `ohno`'s entry point when started as the policy helper: `Some(exit code)`,
 /// or `None` when this process is not one.
 pub fn main_if_helper() -> Option<i32> {
+    if crate::helper::role().as_deref() != Some(KIND) {
+        return None;
+    }
     let doc = std::env::var(ENV).ok()?;
     crate::helper::close_inherited_descriptors();
     let start: Start = serde_json::from_str(&doc).ok()?;

@@ -33,6 +33,8 @@ use crate::helper::{receive, send, timed_out, WireError};
 /// The environment variable that makes `ohno` the etcd helper (its value: the
 /// [`Start`] document).
 pub const ENV: &str = "OHNO_STORE_HELPER";
+/// The helper kind: `ohno --helper etcd`, and its sockets' names.
+const KIND: &str = "etcd";
 /// The helper's name in `ps`.
 const NAME: &str = "ohno-etcd-helper";
 /// Bumped when the wire format changes (part of the socket's hash).
@@ -91,7 +93,7 @@ pub fn socket_path(conf: &EtcdConf) -> Option<PathBuf> {
         let identity = crate::file_identity(file).ok()?;
         id.push_str(&format!("{} {identity}\n", file.display()));
     }
-    Some(crate::helper::socket_path(dir, "etcd", &id))
+    Some(crate::helper::socket_path(dir, KIND, &id))
 }
 
 /// The store for `conf`: through a running helper when there is one, else
@@ -119,7 +121,7 @@ pub fn open(conf: &EtcdConf) -> Result<Arc<dyn Kv>> {
                 socket: socket.clone(),
             };
             if let Ok(doc) = serde_json::to_string(&start) {
-                crate::helper::spawn(ENV, NAME, &doc, &socket);
+                crate::helper::spawn(KIND, ENV, NAME, &doc, &socket);
             }
             Ok(Arc::new(direct))
         }
@@ -197,9 +199,13 @@ impl Remote {
         match self.exchange(&req)? {
             Some(Reply::Failed(e)) => Err(e.into()),
             Some(reply) => {
-                let what = format!("{reply:?}");
+                // Only the start of each: a reply can be megabytes of keys.
+                let what = bounded_debug(&reply);
                 pick(reply).ok_or_else(|| {
-                    Error::Store(format!("the etcd helper answered {req:?} with {what}"))
+                    Error::Store(format!(
+                        "the etcd helper answered {} with {what}",
+                        bounded_debug(&req)
+                    ))
                 })
             }
             None => direct(&**self.direct()?),
@@ -233,8 +239,9 @@ impl Kv for Remote {
     fn read_batch(&self, reads: &[Read], freshness: Freshness) -> Result<Vec<Vec<KeyValue>>> {
         self.ask(
             Request::ReadBatch(reads.to_vec(), freshness),
+            // One answer per read, as the allocator indexes them.
             |r| match r {
-                Reply::Reads(v) => Some(v),
+                Reply::Reads(v) if v.len() == reads.len() => Some(v),
                 _ => None,
             },
             |kv| kv.read_batch(reads, freshness),
@@ -256,7 +263,9 @@ impl Kv for Remote {
         self.ask(
             Request::TxnOrRead(txn.clone(), reads.to_vec()),
             |r| match r {
-                Reply::TxnOrRead(v) => Some(v),
+                Reply::TxnOrRead(v) if v.as_ref().is_none_or(|v| v.len() == reads.len()) => {
+                    Some(v)
+                }
                 _ => None,
             },
             |kv| kv.txn_or_read(txn, reads),
@@ -272,6 +281,20 @@ impl Kv for Remote {
     }
 }
 
+/// The `Debug` text of `v`, cut to a length fit for an error message.
+fn bounded_debug(v: &impl std::fmt::Debug) -> String {
+    const MAX: usize = 200;
+    let text = format!("{v:?}");
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 /// Run one request on `kv`.
 fn execute(kv: &dyn Kv, req: Request) -> Reply {
     let reply = match req {
@@ -285,10 +308,64 @@ fn execute(kv: &dyn Kv, req: Request) -> Reply {
     reply.unwrap_or_else(|e| Reply::Failed(e.into()))
 }
 
-/// Serve one client connection until it closes.
-fn serve_connection(kv: &dyn Kv, mut stream: UnixStream) {
+/// Every key a request names: gets, range prefixes, compares and writes.
+fn keys_of(req: &Request) -> Vec<&str> {
+    fn of_reads(reads: &[Read]) -> impl Iterator<Item = &str> {
+        reads.iter().map(|r| match r {
+            Read::Get(k) => k.as_str(),
+            Read::Range { prefix, .. } => prefix.as_str(),
+        })
+    }
+    fn of_txn(t: &Txn) -> impl Iterator<Item = &str> {
+        let compares = t.compares.iter().map(|c| match c {
+            super::Compare::CreateRevision(k, _)
+            | super::Compare::ModRevision(k, _)
+            | super::Compare::Value(k, _) => k.as_str(),
+        });
+        let ops = t.success.iter().chain(&t.failure).map(|o| match o {
+            super::Op::Put(k, _) | super::Op::Delete(k) => k.as_str(),
+        });
+        compares.chain(ops)
+    }
+    match req {
+        Request::Get(k) | Request::Range(k, _) => vec![k.as_str()],
+        Request::ReadBatch(reads, _) => of_reads(reads).collect(),
+        Request::Txn(t) => of_txn(t).collect(),
+        Request::TxnOrRead(t, reads) => of_txn(t).chain(of_reads(reads)).collect(),
+        Request::Ping => Vec::new(),
+    }
+}
+
+/// The first key of `req` outside `prefix` (the helper's configured one), if
+/// any. Inside means under `<prefix>/`, as every key of [`crate::ipam::keys`]
+/// is: a range of `<prefix>` itself would also reach `<prefix>x/…`.
+fn outside_prefix<'r>(req: &'r Request, prefix: &str) -> Option<&'r str> {
+    let under = format!("{}/", prefix.trim_end_matches('/'));
+    keys_of(req).into_iter().find(|k| !k.starts_with(&under))
+}
+
+/// Run one request on `kv`, or refuse it when it names a key outside `prefix`:
+/// the helper acts with its own credentials for callers of one configuration,
+/// and serves that configuration's keys only.
+fn execute_within(kv: &dyn Kv, prefix: &str, req: Request) -> Reply {
+    match outside_prefix(&req, prefix) {
+        Some(key) => {
+            log::warn!("refused a request for key {key:?}, outside prefix {prefix:?}");
+            Reply::Failed(
+                Error::Store(format!(
+                    "the etcd helper serves keys under {prefix:?} only; refused key {key:?}"
+                ))
+                .into(),
+            )
+        }
+        None => execute(kv, req),
+    }
+}
+
+/// Serve one client connection until it closes; keys outside `prefix` are refused.
+fn serve_connection(kv: &dyn Kv, prefix: &str, mut stream: UnixStream) {
     while let Ok(req) = receive::<Request>(&mut stream) {
-        if send(&mut stream, &execute(kv, req)).is_err() {
+        if send(&mut stream, &execute_within(kv, prefix, req)).is_err() {
             return;
         }
     }
@@ -297,6 +374,9 @@ fn serve_connection(kv: &dyn Kv, mut stream: UnixStream) {
 /// `ohno`'s entry point when started as the etcd helper: `Some(exit code)`,
 /// or `None` when this process is not one.
 pub fn main_if_helper() -> Option<i32> {
+    if crate::helper::role().as_deref() != Some(KIND) {
+        return None;
+    }
     let doc = std::env::var(ENV).ok()?;
     crate::helper::close_inherited_descriptors();
     let start: Start = serde_json::from_str(&doc).ok()?;
@@ -309,7 +389,8 @@ pub fn main_if_helper() -> Option<i32> {
                 super::etcd::EtcdStore::open(&conf)
                     .map_err(|e| std::io::Error::other(e.to_string()))?,
             );
-            Ok(move |stream| serve_connection(&*kv, stream))
+            let prefix = conf.prefix.clone();
+            Ok(move |stream| serve_connection(&*kv, &prefix, stream))
         },
         // A certificate that changed or went away: the helper is stale.
         || socket_path(&conf).as_deref() == Some(start.socket.as_path()),
@@ -325,8 +406,14 @@ mod tests {
 
     /// A Remote talking to a served MemoryStore over a socket pair.
     fn remote_on(kv: Arc<dyn Kv>) -> (Remote, std::thread::JoinHandle<()>) {
+        remote_within(kv, "/")
+    }
+
+    /// [`remote_on`] with a helper configured for `prefix`.
+    fn remote_within(kv: Arc<dyn Kv>, prefix: &str) -> (Remote, std::thread::JoinHandle<()>) {
         let (a, b) = UnixStream::pair().unwrap();
-        let server = std::thread::spawn(move || serve_connection(&*kv, b));
+        let prefix = prefix.to_string();
+        let server = std::thread::spawn(move || serve_connection(&*kv, &prefix, b));
         a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let fallback: Fallback = Box::new(|| Err(Error::Store("no fallback in this test".into())));
         (Remote::new(a, fallback), server)
@@ -346,6 +433,65 @@ mod tests {
         crate::ipam::allocator::suite::run_all(&|| {
             Box::new(remote_on(Arc::new(MemoryStore::new())).0)
         });
+    }
+
+    #[test]
+    fn the_helper_refuses_keys_outside_its_prefix() {
+        use crate::store::Compare;
+        let kv: Arc<dyn Kv> = Arc::new(MemoryStore::new());
+        for key in ["/ohno/pools/default", "/other/secret", "/ohnox/a"] {
+            assert!(kv.txn(Txn::new().put(key, b"v".to_vec())).unwrap());
+        }
+        let (remote, _server) = remote_within(kv.clone(), "/ohno");
+        let refused = |r: Result<(), Error>, key: &str| {
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), crate::error::code::STORE, "{e}");
+            assert!(e.to_string().contains(&format!("{key:?}")), "{e}");
+            assert!(e.to_string().contains("\"/ohno\""), "{e}");
+        };
+        // Inside: served.
+        assert!(remote.get("/ohno/pools/default").unwrap().is_some());
+        assert_eq!(remote.range("/ohno/", true).unwrap().len(), 1);
+        remote.ping().unwrap();
+        // Outside, or a range that would reach past the prefix: refused.
+        refused(remote.get("/other/secret").map(drop), "/other/secret");
+        refused(remote.range("/ohno", false).map(drop), "/ohno");
+        refused(remote.range("", true).map(drop), "");
+        refused(remote.range("/ohnox/", true).map(drop), "/ohnox/");
+        refused(
+            remote
+                .read_batch(
+                    &[
+                        Read::Get("/ohno/pools/default".into()),
+                        Read::Get("/other/secret".into()),
+                    ],
+                    Freshness::Latest,
+                )
+                .map(drop),
+            "/other/secret",
+        );
+        let write_outside = Txn::new().put("/other/planted", b"x".to_vec());
+        refused(remote.txn(write_outside).map(drop), "/other/planted");
+        let compare_outside = Txn::new()
+            .when(Compare::absent("/other/secret"))
+            .put("/ohno/x", b"x".to_vec());
+        refused(remote.txn(compare_outside).map(drop), "/other/secret");
+        refused(
+            remote
+                .txn_or_read(
+                    Txn::new().put("/ohno/y", b"y".to_vec()),
+                    &[Read::Range {
+                        prefix: "/other/".into(),
+                        keys_only: false,
+                    }],
+                )
+                .map(drop),
+            "/other/",
+        );
+        // Nothing refused was written, in or out of the prefix.
+        for key in ["/other/planted", "/ohno/x", "/ohno/y"] {
+            assert!(kv.get(key).unwrap().is_none(), "{key} written");
+        }
     }
 
     #[test]
