@@ -453,6 +453,8 @@ fn load_conf(path: &PathBuf) -> Result<NetConf> {
 /// The config and its store, opened.
 fn open(config: &PathBuf) -> Result<(NetConf, std::sync::Arc<dyn ohno::store::Kv>)> {
     let conf = load_conf(config)?;
+    // The node's directories, checked as the plugin checks them.
+    ohno::nodefs::check_conf(&conf)?;
     let kv = ohno::store::open(&conf.ipam.store)?;
     Ok((conf, kv))
 }
