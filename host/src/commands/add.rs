@@ -571,10 +571,13 @@ fn configure(
     fault_point("routes")?;
 
     if conf.ip_masq {
-        let subnets: Vec<(IpAddr, u8)> = record
-            .ips
+        // The chain is the network's, rewritten whole by each ADD: it lists every
+        // pool of the config, not only those this pod's addresses came from, or
+        // an ADD in one pool would drop the SNAT of the pods in the others.
+        let subnets: Vec<(IpAddr, u8)> = conf
+            .ipam
+            .pools
             .iter()
-            .filter_map(|ip| conf.ipam.pools.iter().find(|p| p.name == ip.pool))
             .map(|p| (p.subnet.addr(), p.subnet.prefix()))
             .collect();
         nft::ensure_masquerade(&conf.name, &subnets)?;

@@ -3,8 +3,9 @@
 //!
 //! Layout: table `ohno` in family `ip` (IPv4 subnets) and `ip6` (IPv6
 //! subnets); in it one base chain per CNI network (`type nat hook postrouting
-//! priority srcnat`), named after the network (see [`chain_name`]). Each
-//! chain holds one rule per subnet:
+//! priority srcnat`), named exactly as the network (see [`chain_name`]), so two
+//! networks never share a chain. Each chain holds one rule per subnet of the
+//! network's pools (all of them, whichever pool an ADD allocated from):
 //!
 //! ```text
 //! ip saddr S ip daddr != S ip daddr != 224.0.0.0/4 masquerade comment "ohno S"
@@ -29,9 +30,10 @@ use crate::error::{Error, Result};
 
 /// The table every Ohno chain lives in.
 pub const TABLE: &str = "ohno";
-/// Longest chain name we produce. The kernel allows 255 bytes since 4.14
-/// (NFT_CHAIN_MAXNAMELEN 256), older kernels 31; we stay within 31.
-pub const MAX_CHAIN_NAME_LEN: usize = 31;
+/// Longest chain name the kernel accepts: NFT_CHAIN_MAXNAMELEN (256, with the
+/// NUL) since Linux 4.14; older kernels took 31 bytes and refuse a longer
+/// network's chain (the ADD fails, naming the chain).
+pub const MAX_CHAIN_NAME_LEN: usize = 255;
 
 // linux/netfilter/nfnetlink.h
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -135,34 +137,32 @@ impl Family {
     }
 }
 
-/// The chain name for a CNI network name (`tag`).
+/// The chain name for a CNI network name (`tag`): the name itself.
 ///
-/// Rule: a tag of 1-31 bytes made only of `[A-Za-z0-9_.-]` (every valid CNI
-/// network name of that length) is used as is. Anything else has other bytes
-/// replaced by `_`, is cut to 22 bytes and gets `-` plus 8 hex digits of the
-/// FNV-1a hash of the original tag, so two long names sharing a prefix still
-/// get different chains. An empty tag is an error.
+/// A valid CNI network name (`[A-Za-z0-9][A-Za-z0-9_.-]*`) is a valid chain
+/// name as it is, so the mapping is the identity and two networks can never
+/// meet in one chain (a shortened or hashed name could collide, and each
+/// network's ADD would flush the other's rules). A name the kernel cannot hold
+/// (over [`MAX_CHAIN_NAME_LEN`] bytes), an empty one or one with other bytes
+/// is refused (code 7, field `name`) rather than mapped onto something shared.
 pub fn chain_name(tag: &str) -> Result<String> {
-    if tag.is_empty() {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if tag.is_empty() || !tag.chars().all(legal) {
         return Err(Error::config(
             "name",
-            "empty network name: no nftables chain name",
+            format!("{tag:?} is not a network name an nftables chain can carry (ipMasq)"),
         ));
     }
-    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-    if tag.len() <= MAX_CHAIN_NAME_LEN && tag.chars().all(legal) {
-        return Ok(tag.to_string());
+    if tag.len() > MAX_CHAIN_NAME_LEN {
+        return Err(Error::config(
+            "name",
+            format!(
+                "a network name of {} bytes is longer than the {MAX_CHAIN_NAME_LEN} an nftables chain name can hold (ipMasq)",
+                tag.len()
+            ),
+        ));
     }
-    let mut name: String = tag
-        .chars()
-        .map(|c| if legal(c) { c } else { '_' })
-        .take(22)
-        .collect();
-    let hash = tag.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    name.push_str(&format!("-{hash:08x}"));
-    Ok(name)
+    Ok(tag.to_string())
 }
 
 /// Ensure masquerade for traffic from each subnet to destinations outside it
@@ -527,16 +527,23 @@ mod tests {
     use crate::net::testns::TestNs;
 
     #[test]
-    fn chain_names_are_kept_when_legal_and_hashed_otherwise() {
+    fn chain_names_are_the_network_names_and_others_are_refused() {
         assert_eq!(chain_name("podnet").unwrap(), "podnet");
         assert_eq!(chain_name("pod-net.v2_x").unwrap(), "pod-net.v2_x");
-        let long = "a-very-long-network-name-that-exceeds-limits";
-        let a = chain_name(long).unwrap();
-        let b = chain_name(&format!("{long}2")).unwrap();
-        assert!(a.len() <= MAX_CHAIN_NAME_LEN && b.len() <= MAX_CHAIN_NAME_LEN);
-        assert!(a.starts_with("a-very-long-network-na-"));
-        assert_ne!(a, b);
-        assert_eq!(chain_name("pod net").unwrap().len(), 7 + 9);
+        // Two long names that shared chain a-very-long-network-na-30098e2f
+        // under the old rule (22 bytes and a 32-bit FNV-1a hash) keep their own.
+        let (a, b) = (
+            "a-very-long-network-name-yunw-net",
+            "a-very-long-network-name-1wba-net",
+        );
+        assert_eq!(chain_name(a).unwrap(), a);
+        assert_eq!(chain_name(b).unwrap(), b);
+        let longest = "n".repeat(MAX_CHAIN_NAME_LEN);
+        assert_eq!(chain_name(&longest).unwrap(), longest);
+        let e = chain_name(&format!("{longest}x")).unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
+        assert!(e.to_string().contains("256 bytes"), "{e}");
+        assert!(chain_name("pod net").is_err());
         assert!(chain_name("").is_err());
     }
 
