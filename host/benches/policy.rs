@@ -49,7 +49,7 @@ use support::{
     checkpoint, env_usize, install_signal_handlers, loadavg, ms, p50, p95, verdict, Host, Report,
     Table,
 };
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::Store;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -504,7 +504,7 @@ fn in_process(report: &mut Report) {
     ]);
     for ex in examples() {
         let file = wasm_path(ex.file);
-        let (_, outcome) = wasm::load_component(&engine, &file, &cache).expect("compile");
+        let (_, outcome) = wasm::load_component(&engine, &file, Some(&cache)).expect("compile");
         assert_ne!(
             outcome,
             wasm::CacheOutcome::Hit,
@@ -512,7 +512,8 @@ fn in_process(report: &mut Report) {
             ex.label
         );
         let load_t = repeat(|| {
-            let (_, o) = wasm::load_component(&engine, &file, &cache).expect("load_component");
+            let (_, o) =
+                wasm::load_component(&engine, &file, Some(&cache)).expect("load_component");
             assert_eq!(o, wasm::CacheOutcome::Hit);
         });
         let pconf = PolicyConf::parse(&json!({
@@ -585,8 +586,8 @@ fn breakdown(report: &mut Report) {
         "step, median of 100 µs",
         "read .wasm",
         "cache key (sha256)",
-        "verify entry",
-        "deserialize_file",
+        "read+verify entry",
+        "deserialize",
         "check_contract",
         "Σ",
         "WASI linker",
@@ -596,10 +597,12 @@ fn breakdown(report: &mut Report) {
     for ex in examples() {
         let file = wasm_path(ex.file);
         let name = file.display().to_string();
-        wasm::load_component(&engine, &file, &cache).expect("compile");
+        wasm::load_component(&engine, &file, Some(&cache)).expect("compile");
         let bytes = std::fs::read(&file).expect("read the component");
-        let entry = cache::entry(&cache, &cache::key(&engine, &bytes));
-        let payload = cache::read(&entry).expect("a valid cache entry");
+        let dir = cache::CacheDir::open(&cache).expect("the cache directory");
+        let key = cache::key(&engine, &bytes);
+        let read = || dir.read(&key).ok().flatten().expect("a valid cache entry");
+        let payload = read();
         let read_t = repeat(|| {
             std::fs::read(&file).expect("read the component");
         });
@@ -607,11 +610,9 @@ fn breakdown(report: &mut Report) {
             cache::key(&engine, &bytes);
         });
         let entry_t = repeat(|| {
-            assert!(cache::verify(&entry), "a valid cache entry");
+            read();
         });
-        // SAFETY: `entry` is a verified entry that `Component::serialize` wrote
-        // for this engine's configuration (what the plugin loads).
-        let deser = || unsafe { Component::deserialize_file(&engine, &entry) };
+        let deser = || cache::deserialize(&engine, &payload);
         let deser_t = repeat(|| {
             deser().expect("deserialize");
         });
@@ -649,7 +650,7 @@ fn breakdown(report: &mut Report) {
         row.push(us(sum));
         row.push(us(p50(&linker_t)));
         row.push(us(p50(&inst_t)));
-        row.push(format!("{}", (payload.len() + 24) / 1024));
+        row.push(format!("{}", (payload.bytes().len() + 24) / 1024));
         t.row(row);
         checkpoint();
     }
@@ -658,7 +659,8 @@ fn breakdown(report: &mut Report) {
          `load_component` with a warm cache, step by step (one engine): read the \
          component file, the cache key (sha256 of the component and the engine's \
          compatibility hash), read the entry and verify its trailer (length and \
-         checksum), `Component::deserialize_file` (wasmtime maps the entry), \
+         checksum) from one descriptor after checking its owner, mode and links, \
+         `Component::deserialize` of those bytes (wasmtime copies them into its code memory), \
          `check_contract`. Then the linker every ADD builds (the WASI p2 interfaces the \
          component imports, sync; the \
          plugin adds the ohno:policy host imports to it) and instantiation in a \

@@ -723,6 +723,145 @@ fn the_precompile_cache_is_used_and_a_damaged_entry_is_recompiled() {
     assert_eq!(count("loaded from cache"), 2, "{:#?}", ours());
 }
 
+/// The one `.cwasm` entry in `dir`.
+fn only_entry(dir: &Path) -> PathBuf {
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{}: {entries:?}", dir.display());
+    entries[0].clone()
+}
+
+/// Entries only root could have written into `policy.cacheDir` are loaded;
+/// one another user could have planted there — valid wasmtime code of another
+/// policy, under this policy's key — is refused for what makes it untrusted,
+/// never run (the ADD has this policy's decision), and replaced.
+#[test]
+fn a_planted_cache_entry_is_refused_never_run_and_replaced() {
+    let _cpu = shared();
+    require_root();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let node = Node::new();
+    let mut conf = policy_conf(&node, &wasm("pod_ifname"), Value::Null);
+    conf["policy"]["persistMs"] = json!(0);
+    warm_cache(&node, &wasm("pod_ifname"));
+    let entry = only_entry(&cache_dir(&node));
+    // The planted code: no_quick_reuse, which leaves interface names to the
+    // host, precompiled by the same engine into a directory of its own.
+    let elsewhere = node.dir.path().join("elsewhere");
+    let (code, stdout, stderr) = ohnoctl(
+        node.dir.path(),
+        &[
+            "policy",
+            "compile",
+            &wasm("no_quick_reuse").to_string_lossy(),
+            "--cache-dir",
+            &elsewhere.to_string_lossy(),
+        ],
+    );
+    assert_eq!(code, 0, "ohnoctl policy compile: {stdout}{stderr}");
+    let planted = only_entry(&elsewhere);
+    let planted_bytes = std::fs::read(&planted).expect("read the planted entry");
+    let plant_copy = || {
+        std::fs::remove_file(&entry).ok();
+        std::fs::write(&entry, &planted_bytes).expect("plant");
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the planted entry");
+    };
+    let refusals = |why: &str| {
+        node.log()
+            .lines()
+            .filter(|l| l.contains("pod_ifname.wasm: cache entry") && l.contains("refused"))
+            .filter(|l| l.contains(why))
+            .count()
+    };
+    let host_name = |r: &Value| r["interfaces"][1]["name"].as_str().unwrap_or("").to_owned();
+
+    // Control: planted as root would write it, the planted code runs (the
+    // host names the interface) — what every case below must prevent.
+    plant_copy();
+    let r = add_ok(&node, &Pod::new(), &conf, &k8s_args("prod", "web-0"));
+    assert_ne!(
+        host_name(&r),
+        "prod-web-0",
+        "the planted entry did not run: {r}"
+    );
+
+    let cases: [(&str, &str, &dyn Fn()); 4] = [
+        (
+            "group-writable",
+            "writable by group or others (mode 0660)",
+            &|| {
+                plant_copy();
+                std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o660))
+                    .expect("chmod");
+            },
+        ),
+        ("another uid's", "owned by uid 65534", &|| {
+            plant_copy();
+            std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).expect("chown");
+        }),
+        ("a symbolic link", "is a symbolic link", &|| {
+            std::fs::remove_file(&entry).ok();
+            std::os::unix::fs::symlink(&planted, &entry).expect("symlink");
+        }),
+        ("a hard link", "has 2 hard links", &|| {
+            std::fs::remove_file(&entry).ok();
+            std::fs::hard_link(&planted, &entry).expect("hard link");
+        }),
+    ];
+    for (n, (what, why, plant)) in cases.iter().enumerate() {
+        plant();
+        let name = format!("web-{}", n + 1);
+        let r = add_ok(&node, &Pod::new(), &conf, &k8s_args("prod", &name));
+        assert_eq!(
+            host_name(&r),
+            format!("prod-{name}"),
+            "{what}: the planted entry ran: {r}\n{}",
+            node.log()
+        );
+        assert_eq!(
+            refusals(why),
+            1,
+            "{what}: no refusal saying {why:?}:\n{}",
+            node.log()
+        );
+        // Replaced by the policy's own code, as root writes it.
+        let meta = std::fs::symlink_metadata(&entry).expect("stat the entry");
+        assert!(meta.file_type().is_file(), "{what}: {meta:?}");
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o7777, meta.nlink()),
+            (0, 0o600, 1),
+            "{what}"
+        );
+        assert_ne!(
+            std::fs::read(&entry).expect("read the entry"),
+            planted_bytes,
+            "{what}"
+        );
+        assert_eq!(
+            std::fs::read(&planted).expect("read the planted entry"),
+            planted_bytes,
+            "{what}: written through"
+        );
+    }
+    // The replaced entry is loaded as any other.
+    let loaded = || {
+        node.log()
+            .lines()
+            .filter(|l| l.contains("pod_ifname.wasm: loaded from cache"))
+            .count()
+    };
+    let before = loaded();
+    add_ok(&node, &Pod::new(), &conf, &k8s_args("prod", "web-9"));
+    assert_eq!(loaded(), before + 1, "{}", node.log());
+}
+
 // ------------------------------------------------------------------ helper
 
 /// `conf` with the node's own lock directory (where the helper's socket goes)

@@ -69,7 +69,8 @@ enum PolicyCmd {
         #[arg(long, default_value = "node-a")]
         node: String,
     },
-    /// Precompile a component into the cache the plugin loads from.
+    /// Precompile a component into the cache the plugin loads from (run it as
+    /// the user the plugin runs as: the cache takes only that user's files).
     Compile {
         file: PathBuf,
         #[arg(long, default_value = ohno::policy::wasm::DEFAULT_CACHE_DIR)]
@@ -168,6 +169,13 @@ fn exit(outcome: Result<bool>) -> ExitCode {
 
 fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
     use ohno::policy::{cache, wasm};
+    // The library's warnings (a refused cache entry, a cache that cannot be
+    // written) on stderr; stdout carries the command's output.
+    ohno::logging::init(
+        std::path::Path::new("/dev/null"),
+        log::LevelFilter::Warn,
+        "ohnoctl".into(),
+    );
     let parse_config = |c: &str| -> Result<Value> {
         serde_json::from_str(c).map_err(|e| Error::Decode {
             what: "--config".into(),
@@ -177,18 +185,32 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
     match cmd {
         PolicyCmd::Compile { file, cache_dir } => {
             let engine = wasm::engine()?;
+            // Checked as the plugin checks it; a directory it would refuse is
+            // an error here, not a cache silently skipped.
+            let dir = cache::CacheDir::open(&cache_dir).map_err(|why| {
+                Error::io(
+                    format!("cache directory {}", cache_dir.display()),
+                    std::io::Error::other(why.to_string()),
+                )
+            })?;
             let started = std::time::Instant::now();
-            let (_, outcome) = wasm::load_component(&engine, &file, &cache_dir)?;
+            let (_, outcome) = wasm::load_component(&engine, &file, Some(&cache_dir))?;
             let bytes = std::fs::read(&file)
                 .map_err(|e| Error::io(format!("read {}", file.display()), e))?;
-            let entry = cache::entry(&cache_dir, &cache::key(&engine, &bytes));
+            let entry = dir.entry_path(&cache::key(&engine, &bytes));
             println!(
                 "{}: {} in {:.1} ms; cache entry {}",
                 file.display(),
                 match outcome {
                     wasm::CacheOutcome::Hit => "already cached",
                     wasm::CacheOutcome::Compiled => "compiled",
-                    wasm::CacheOutcome::Replaced => "recompiled (the old entry was unusable)",
+                    wasm::CacheOutcome::Replaced => "recompiled (the old entry was refused)",
+                    wasm::CacheOutcome::Uncached => {
+                        return Err(Error::io(
+                            format!("cache entry {}", entry.display()),
+                            std::io::Error::other("not written (see the warning above)"),
+                        ));
+                    }
                 },
                 started.elapsed().as_secs_f64() * 1e3,
                 entry.display()

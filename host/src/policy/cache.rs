@@ -1,20 +1,191 @@
-//! The precompile cache: `<cacheDir>/<sha256(component ‖ engine hash)>.cwasm`,
-//! written atomically (temp file + rename), mode 0600. An entry is wasmtime's
+//! The precompile cache. Its entries are native code that Ohno executes as
+//! root, so the cache takes nothing from the file system on trust: an entry
+//! another user could have written is never loaded.
+//!
+//! **Layout.** `<cacheDir>/<sha256(component ‖ engine hash)>.cwasm`: wasmtime's
 //! serialized component followed by a 24-byte trailer (magic, the payload's
-//! length, its checksum), so a truncated or corrupted entry is recompiled instead
-//! of loaded, and a verified entry is handed to wasmtime as the file itself
-//! (`Component::deserialize_file` maps it: no copy, and linear-memory images
-//! map from it too).
+//! length, its checksum); and `index-<fnv(path)>`, which remembers the key of a
+//! component file against its identity (see [`CacheDir::key_of_file`]).
+//!
+//! **Trust.** The directory is opened once (`O_DIRECTORY|O_NOFOLLOW`) and every
+//! entry and index relative to that descriptor (`openat`, `O_NOFOLLOW|O_NONBLOCK`),
+//! so no symbolic link is followed and no name is resolved twice. Each
+//! descriptor is `fstat`ed before a byte of it is used ([`check`]): the
+//! directory must be a directory owned by the effective uid that group and
+//! others cannot write; an entry or an index must be a regular file owned by
+//! the effective uid that group and others cannot write, with one link. Only a
+//! process of that uid (or root) can make such a file in such a directory. An
+//! entry is read into memory from that descriptor once; its checksum is
+//! verified on those bytes and exactly those bytes are deserialized
+//! ([`Verified`], [`deserialize`]): whatever happens to the file after the read
+//! changes nothing. The checksum catches truncation and corruption; the checks
+//! above are what stop an attacker.
+//!
+//! **Refusals** ([`Refusal`]) say which check failed; the caller logs it and
+//! recompiles. The compiled result replaces a refused entry by `renameat`, which
+//! replaces a symbolic link or a hard link rather than writing through it. A
+//! directory that fails the checks is not used at all (compile in memory).
+//!
+//! **Creating.** A missing cache directory is created mode 0700, and so is each
+//! missing parent, but only inside a directory owned by the effective uid or by
+//! root that group and others cannot write (or that is sticky, as `/tmp` is):
+//! root running with another user's `$HOME` does not plant root-owned
+//! directories in it. Parents that exist are resolved as any path is (symbolic
+//! links followed): what decides trust is the descriptor of the cache directory
+//! itself, checked as above.
+//!
+//! **Writes** go to a temporary file created in the directory by descriptor
+//! (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600), written, fsynced, then renamed into
+//! place: a reader sees the old entry or the new one, never a part.
 
+use std::ffi::OsString;
+use std::fs::File;
 use std::hash::{Hash, Hasher};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
 use wasmtime::Engine;
 
 const MAGIC: &[u8; 8] = b"OHNOCW02";
 const INDEX_MAGIC: &str = "ohno-policy-cache-index-1";
 const TRAILER: usize = 24;
+/// The largest entry read; a larger file is refused (a policy's entry is
+/// hundreds of KiB).
+pub const MAX_ENTRY: u64 = 256 << 20;
+/// The largest index read (magic, identity, engine tag, key: under 200 bytes).
+const MAX_INDEX: u64 = 4096;
+
+/// Why the cache refused its directory, an entry or an index: the check that
+/// failed, worded to follow the file's name in a log line.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("is a symbolic link")]
+    Symlink,
+    #[error("is not a directory")]
+    NotDirectory,
+    #[error("is not a regular file")]
+    NotRegular,
+    #[error("is owned by uid {owner}, not by the effective uid {euid}")]
+    Owner { owner: u32, euid: u32 },
+    #[error("is writable by group or others (mode {mode:04o})")]
+    Writable { mode: u32 },
+    #[error("has {links} hard links, not 1")]
+    Links { links: u64 },
+    #[error("is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("is damaged (its length or checksum does not match)")]
+    Damaged,
+    #[error("cannot be created in {}: it {reason}", parent.display())]
+    Uncreatable {
+        parent: PathBuf,
+        reason: Box<Refusal>,
+    },
+    #[error("cannot be read: {0}")]
+    Io(std::io::Error),
+}
+
+/// What a file is, as the checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Directory,
+    Regular,
+    Other,
+}
+
+/// The fields of one `fstat` the checks look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: Kind,
+    pub uid: u32,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub nlink: u64,
+}
+
+impl Stat {
+    fn of(m: &std::fs::Metadata) -> Stat {
+        let t = m.file_type();
+        Stat {
+            kind: if t.is_dir() {
+                Kind::Directory
+            } else if t.is_file() {
+                Kind::Regular
+            } else {
+                Kind::Other
+            },
+            uid: m.uid(),
+            mode: m.mode() & 0o7777,
+            nlink: m.nlink(),
+        }
+    }
+}
+
+/// The trust check of a descriptor about to be used as the cache directory
+/// (`want` [`Kind::Directory`]) or read as an entry or index
+/// ([`Kind::Regular`]): of that kind, owned by `euid`, not writable by group or
+/// others, and a file with exactly one link (a second name would be one the
+/// cache does not control).
+pub fn check(st: &Stat, want: Kind, euid: u32) -> Result<(), Refusal> {
+    if st.kind != want {
+        return Err(match want {
+            Kind::Directory => Refusal::NotDirectory,
+            _ => Refusal::NotRegular,
+        });
+    }
+    if st.uid != euid {
+        return Err(Refusal::Owner {
+            owner: st.uid,
+            euid,
+        });
+    }
+    if st.mode & 0o022 != 0 {
+        return Err(Refusal::Writable { mode: st.mode });
+    }
+    if want == Kind::Regular && st.nlink != 1 {
+        return Err(Refusal::Links { links: st.nlink });
+    }
+    Ok(())
+}
+
+/// Whether the cache may create a missing directory inside one with `st`: a
+/// directory of the effective uid or root that group and others cannot write,
+/// or a sticky one (where nobody else can rename or remove what we create).
+pub fn may_create_in(st: &Stat, euid: u32) -> Result<(), Refusal> {
+    if st.kind != Kind::Directory {
+        return Err(Refusal::NotDirectory);
+    }
+    if st.uid != euid && st.uid != 0 {
+        return Err(Refusal::Owner {
+            owner: st.uid,
+            euid,
+        });
+    }
+    if st.mode & 0o022 != 0 && st.mode & 0o1000 == 0 {
+        return Err(Refusal::Writable { mode: st.mode });
+    }
+    Ok(())
+}
+
+/// The private cache of a user's `ohnoctl policy check|test`:
+/// `$XDG_CACHE_HOME/ohno/policy`, else `$HOME/.cache/ohno/policy`. Relative or
+/// empty values are ignored (the XDG rule); None when neither is usable.
+pub fn user_cache_dir(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    let absolute = |v: Option<OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    absolute(xdg_cache_home)
+        .or_else(|| absolute(home).map(|h| h.join(".cache")))
+        .map(|base| base.join("ohno").join("policy"))
+}
+
+fn euid() -> u32 {
+    crate::nodefs::euid()
+}
 
 /// Feeds `Hash` output into SHA-256 (the engine's compatibility hash is only
 /// available as `impl Hash`).
@@ -29,8 +200,8 @@ impl Hasher for ShaHasher {
 }
 
 /// FNV-1a over 8-byte words, four lanes: catches truncation and corruption of
-/// an entry (not tampering: the directory is root's) in well under a
-/// millisecond for the megabytes of a precompiled component.
+/// an entry (not tampering: that is what the trust checks are for) in well
+/// under a millisecond for the megabytes of a precompiled component.
 pub fn checksum(payload: &[u8]) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut lanes: [u64; 4] = [
@@ -56,8 +227,8 @@ pub fn checksum(payload: &[u8]) -> u64 {
     h ^ payload.len() as u64
 }
 
-/// The payload of a raw entry, if its trailer and checksum hold.
-fn payload(raw: &[u8]) -> Option<&[u8]> {
+/// The length of the payload of a raw entry, if its trailer and checksum hold.
+fn payload_len(raw: &[u8]) -> Option<usize> {
     let body = raw.len().checked_sub(TRAILER)?;
     let (payload, trailer) = raw.split_at(body);
     if &trailer[..8] != MAGIC {
@@ -65,7 +236,7 @@ fn payload(raw: &[u8]) -> Option<&[u8]> {
     }
     let len = u64::from_le_bytes(trailer[8..16].try_into().ok()?);
     let sum = u64::from_le_bytes(trailer[16..24].try_into().ok()?);
-    (payload.len() as u64 == len && checksum(payload) == sum).then_some(payload)
+    (payload.len() as u64 == len && checksum(payload) == sum).then_some(body)
 }
 
 /// The cache key of `component` for `engine`.
@@ -76,243 +247,750 @@ pub fn key(engine: &Engine, component: &[u8]) -> String {
     h.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The cache key of the component at `path`, remembered in `dir` against the
-/// file's identity (device, inode, size, modification and change times — the
-/// change time cannot be set back) and the engine, so a warm ADD does not read
-/// and hash the component. Returns the bytes when it had to read them.
-pub fn key_of_file(
-    engine: &Engine,
-    path: &Path,
-    dir: &Path,
-) -> std::io::Result<(String, Option<Vec<u8>>)> {
-    // The identity is taken before the bytes are read: a file changed in
-    // between is remembered under an identity it no longer has.
-    let identity = crate::file_identity(path)?;
-    let mut tag = std::hash::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut tag);
-    let head = format!("{INDEX_MAGIC}\n{identity}\n{:016x}\n", tag.finish());
-    let index = dir.join(format!(
-        "index-{:016x}",
-        crate::ipam::fnv1a64(&[path.as_os_str().as_encoded_bytes()])
-    ));
-    if let Ok(text) = std::fs::read_to_string(&index) {
-        if let Some(key) = text.strip_prefix(&head).map(str::trim) {
-            if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Ok((key.to_string(), None));
+/// A key is 64 hex digits: it can only name a file in the directory.
+fn is_key(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// An entry's payload: read once from a descriptor that passed [`check`], its
+/// length and checksum verified on these bytes. The only input [`deserialize`]
+/// takes, so what is loaded is what was verified.
+pub struct Verified(Vec<u8>);
+
+impl Verified {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Deserialize a verified entry (wasmtime copies it into its own code memory).
+pub fn deserialize(engine: &Engine, entry: &Verified) -> wasmtime::Result<Component> {
+    // SAFETY: the bytes were read from a regular file with one link, owned by
+    // the effective uid and not writable by group or others, in a directory
+    // that is the same: only this uid could have written it, which it does
+    // only through `CacheDir::write` with the output of `Component::serialize`
+    // for an engine with the same compatibility hash (it is in the key). Their
+    // length and checksum were verified on this very buffer, which nothing
+    // else can reach.
+    unsafe { Component::deserialize(engine, &entry.0) }
+}
+
+/// Distinguishes the temporary files of one process.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// An open cache directory that passed [`check`]: every file in it is opened
+/// through this descriptor.
+#[derive(Debug)]
+pub struct CacheDir {
+    dir: File,
+    path: PathBuf,
+    euid: u32,
+}
+
+impl CacheDir {
+    /// Open the cache directory at `path` (absolute), creating it (and missing
+    /// parents) mode 0700 if missing, and check it.
+    pub fn open(path: &Path) -> Result<CacheDir, Refusal> {
+        let euid = euid();
+        let dir = match open_dir(path) {
+            Err(Refusal::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_missing(path, euid)?;
+                open_dir(path)?
             }
-        }
-    }
-    let bytes = std::fs::read(path)?;
-    let key = key(engine, &bytes);
-    if let Err(e) = write_atomic(dir, &index, &[format!("{head}{key}\n").as_bytes()]) {
-        log::debug!("policy cache index {}: {e}", index.display());
-    }
-    Ok((key, Some(bytes)))
-}
-
-pub fn entry(dir: &Path, key: &str) -> PathBuf {
-    dir.join(format!("{key}.cwasm"))
-}
-
-/// Read an entry's payload; None if missing or damaged.
-pub fn read(path: &Path) -> Option<Vec<u8>> {
-    let raw = std::fs::read(path).ok()?;
-    payload(&raw).map(<[u8]>::to_vec)
-}
-
-/// True when the entry at `path` is whole and undamaged. The entry is
-/// mapped with its pages populated in one call rather than read into a
-/// fresh buffer, whose every page faults on the way in: ~150 faults for a
-/// 600 KiB entry, ~0.6 ms of an ADD on a VM where a fault costs ~4 µs.
-pub fn verify(path: &Path) -> bool {
-    Mapped::open(path).is_ok_and(|m| payload(m.bytes()).is_some())
-}
-
-/// A whole file mapped read-only, its pages mapped up front (`MAP_POPULATE`).
-struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapped {
-    fn open(path: &Path) -> std::io::Result<Mapped> {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(path)?;
-        let len = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
-        if len == 0 {
-            return Ok(Mapped {
-                ptr: std::ptr::null_mut(),
-                len,
-            });
-        }
-        // SAFETY: a new private read-only mapping of an open file, owned by
-        // the returned value and unmapped on drop; no Rust reference aliases
-        // it mutably. Entries are replaced by rename, never rewritten in
-        // place, so the mapped inode keeps its length (truncating one under
-        // a running ADD would be a SIGBUS, as for wasmtime's own mapping).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                file.as_raw_fd(),
-                0,
-            )
+            other => other?,
         };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapped { ptr, len })
+        let st = dir.metadata().map_err(Refusal::Io)?;
+        check(&Stat::of(&st), Kind::Directory, euid)?;
+        Ok(CacheDir {
+            dir,
+            path: path.to_path_buf(),
+            euid,
+        })
     }
 
-    fn bytes(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
-        // SAFETY: `ptr` maps `len` readable bytes for the life of `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-}
 
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: unmaps exactly the mapping `open` made; no slice of it
-            // outlives `self`.
-            unsafe {
-                libc::munmap(self.ptr, self.len);
+    /// Where entry `key` lives (for messages; files are opened by descriptor).
+    pub fn entry_path(&self, key: &str) -> PathBuf {
+        self.path.join(entry_name(key))
+    }
+
+    /// Entry `key`: `Ok(None)` when there is none, a [`Refusal`] when the file
+    /// fails the checks or its checksum.
+    pub fn read(&self, key: &str) -> Result<Option<Verified>, Refusal> {
+        if !is_key(key) {
+            return Ok(None);
+        }
+        let Some(mut raw) = self.read_file(&entry_name(key), MAX_ENTRY)? else {
+            return Ok(None);
+        };
+        let len = payload_len(&raw).ok_or(Refusal::Damaged)?;
+        raw.truncate(len);
+        Ok(Some(Verified(raw)))
+    }
+
+    /// Store `payload` as entry `key`, replacing whatever has that name.
+    pub fn write(&self, key: &str, payload: &[u8]) -> std::io::Result<()> {
+        if !is_key(key) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{key:?} is not a cache key"),
+            ));
+        }
+        let mut trailer = Vec::with_capacity(TRAILER);
+        trailer.extend_from_slice(MAGIC);
+        trailer.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        trailer.extend_from_slice(&checksum(payload).to_le_bytes());
+        self.write_atomic(&entry_name(key), &[payload, &trailer])
+    }
+
+    /// The cache key of the component at `path`, remembered in the directory
+    /// against the file's identity (device, inode, size, modification and
+    /// change times — the change time cannot be set back) and the engine, so a
+    /// warm ADD does not read and hash the component. The index decides which
+    /// entry is loaded, so it passes the same checks as an entry; a refused one
+    /// is logged and rewritten. Returns the bytes when it had to read them.
+    pub fn key_of_file(
+        &self,
+        engine: &Engine,
+        path: &Path,
+    ) -> std::io::Result<(String, Option<Vec<u8>>)> {
+        // The identity is taken before the bytes are read: a file changed in
+        // between is remembered under an identity it no longer has.
+        let identity = crate::file_identity(path)?;
+        let mut tag = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut tag);
+        let head = format!("{INDEX_MAGIC}\n{identity}\n{:016x}\n", tag.finish());
+        let index = format!(
+            "index-{:016x}",
+            crate::ipam::fnv1a64(&[path.as_os_str().as_encoded_bytes()])
+        );
+        match self.read_file(&index, MAX_INDEX) {
+            Ok(Some(raw)) => {
+                let text = String::from_utf8_lossy(&raw);
+                if let Some(key) = text.strip_prefix(&head).map(str::trim) {
+                    if is_key(key) {
+                        return Ok((key.to_string(), None));
+                    }
+                }
             }
+            Ok(None) => {}
+            Err(why) => log::warn!(
+                "policy cache index {} refused: {why}; hashing {} again",
+                self.path.join(&index).display(),
+                path.display()
+            ),
+        }
+        let bytes = std::fs::read(path)?;
+        let key = key(engine, &bytes);
+        if let Err(e) = self.write_atomic(&index, &[format!("{head}{key}\n").as_bytes()]) {
+            log::debug!(
+                "policy cache index {}: {e}",
+                self.path.join(&index).display()
+            );
+        }
+        Ok((key, Some(bytes)))
+    }
+
+    /// Open `name` in the directory without following a symbolic link, check
+    /// the descriptor, and read it whole (at most `limit` bytes) from that
+    /// descriptor. `Ok(None)` when there is no such file.
+    fn read_file(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, Refusal> {
+        // O_NONBLOCK: opening a FIFO planted under the name does not wait for
+        // a writer; it is then refused as not a regular file.
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::openat(&self.dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ELOOP) => return Err(Refusal::Symlink),
+            Err(e) => return Err(Refusal::Io(e.into())),
+        };
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(Refusal::Io)?;
+        check(&Stat::of(&meta), Kind::Regular, self.euid)?;
+        if meta.len() > limit {
+            return Err(Refusal::TooLarge { limit });
+        }
+        let mut raw = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        // One more byte than the limit: a file that grew after the fstat is
+        // still caught.
+        (&file)
+            .take(limit + 1)
+            .read_to_end(&mut raw)
+            .map_err(Refusal::Io)?;
+        if raw.len() as u64 > limit {
+            return Err(Refusal::TooLarge { limit });
+        }
+        Ok(Some(raw))
+    }
+
+    /// Write `parts` as `name` atomically: a temporary file created by
+    /// descriptor (`O_EXCL|O_NOFOLLOW`, 0600), fsync, `renameat`.
+    fn write_atomic(&self, name: &str, parts: &[&[u8]]) -> std::io::Result<()> {
+        let tmp = format!(
+            ".{}.{}.{}.tmp",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(
+            &self.dir,
+            tmp.as_str(),
+            flags,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let mut f = File::from(fd);
+        let written = parts
+            .iter()
+            .try_for_each(|p| f.write_all(p))
+            .and_then(|_| f.sync_all())
+            .and_then(|_| {
+                nix::fcntl::renameat(&self.dir, tmp.as_str(), &self.dir, name).map_err(Into::into)
+            });
+        if written.is_err() {
+            let _ = nix::unistd::unlinkat(
+                &self.dir,
+                tmp.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        written
+    }
+}
+
+fn entry_name(key: &str) -> String {
+    format!("{key}.cwasm")
+}
+
+/// Open `path` as a directory without following a final symbolic link.
+fn open_dir(path: &Path) -> Result<File, Refusal> {
+    // std adds O_CLOEXEC.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // With O_DIRECTORY, Linux answers a symbolic link with ENOTDIR; the
+            // second look only words the refusal.
+            Some(libc::ELOOP) => Refusal::Symlink,
+            Some(libc::ENOTDIR)
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+            {
+                Refusal::Symlink
+            }
+            Some(libc::ENOTDIR) => Refusal::NotDirectory,
+            _ => Refusal::Io(e),
+        })
+}
+
+/// Create the missing directories of `path`, outermost first, each mode 0700
+/// and each only where [`may_create_in`] allows.
+fn create_missing(path: &Path, euid: u32) -> Result<(), Refusal> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut missing = Vec::new();
+    let mut cur = path;
+    loop {
+        match std::fs::symlink_metadata(cur) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                missing.push(cur);
+                cur = match cur.parent() {
+                    Some(p) => p,
+                    None => break,
+                };
+            }
+            Err(e) => return Err(Refusal::Io(e)),
         }
     }
-}
-
-/// Write an entry atomically, mode 0600, directory 0700.
-pub fn write(dir: &Path, path: &Path, payload: &[u8]) -> std::io::Result<()> {
-    let mut trailer = Vec::with_capacity(TRAILER);
-    trailer.extend_from_slice(MAGIC);
-    trailer.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    trailer.extend_from_slice(&checksum(payload).to_le_bytes());
-    write_atomic(dir, path, &[payload, &trailer])
-}
-
-/// Write `parts` to `path` atomically (temp file, fsync, rename), mode 0600,
-/// creating `dir` with mode 0700.
-fn write_atomic(dir: &Path, path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        std::process::id(),
-        crate::ipam::model::now()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let written = parts
-        .iter()
-        .try_for_each(|p| f.write_all(p))
-        .and_then(|_| f.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+    for dir in missing.into_iter().rev() {
+        let Some(parent) = dir.parent() else {
+            continue;
+        };
+        let st = std::fs::metadata(parent).map_err(Refusal::Io)?;
+        may_create_in(&Stat::of(&st), euid).map_err(|reason| Refusal::Uncreatable {
+            parent: parent.to_path_buf(),
+            reason: Box::new(reason),
+        })?;
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            // Created meanwhile by another ADD: the checks on the descriptor decide.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Refusal::Io(e)),
+        }
     }
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::cache;
     use crate::policy::wasm::engine;
+    use std::os::unix::fs::PermissionsExt;
     use wasmtime::Config;
 
+    /// The smallest component there is: the preamble of an empty one.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
+    /// `nobody`: the "another user" of these tests.
+    const OTHER_UID: u32 = 65534;
+
+    /// A fresh directory (0755, this uid's) removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let d = std::env::temp_dir().join(format!("ohno-cache-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Scratch(d)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+
+        /// `name` inside, opened as a cache directory (created 0700).
+        fn cache(&self, name: &str) -> CacheDir {
+            CacheDir::open(&self.0.join(name)).unwrap()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A key as the cache makes them (64 hex digits) for `tag`.
+    fn key_for(tag: &str) -> String {
+        Sha256::digest(tag.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Changing owners needs root; without it the test says so and passes.
+    fn root() -> bool {
+        let root = euid() == 0;
+        if !root {
+            eprintln!("not root: skipping the ownership case");
+        }
+        root
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    fn stat(kind: Kind, uid: u32, mode: u32, nlink: u64) -> Stat {
+        Stat {
+            kind,
+            uid,
+            mode,
+            nlink,
+        }
+    }
+
     #[test]
-    fn cache_entries_round_trip_and_damage_is_detected() {
-        let dir = std::env::temp_dir().join(format!("ohno-cache-test-{}", std::process::id()));
-        let path = cache::entry(&dir, "k");
-        cache::write(&dir, &path, b"payload bytes").unwrap();
-        assert_eq!(cache::read(&path).unwrap(), b"payload bytes");
-        assert!(cache::verify(&path));
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let raw = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &raw[..raw.len() - 3]).unwrap();
+    fn only_own_closed_single_link_files_and_directories_pass_the_check() {
+        use Kind::*;
+        let me = 0;
+        for (st, want, ok) in [
+            (stat(Regular, me, 0o600, 1), Regular, true),
+            (stat(Regular, me, 0o644, 1), Regular, true),
+            (stat(Regular, me, 0o755, 1), Regular, true),
+            (stat(Directory, me, 0o700, 2), Directory, true),
+            (stat(Directory, me, 0o755, 9), Directory, true),
+        ] {
+            assert_eq!(check(&st, want, me).is_ok(), ok, "{st:?}");
+        }
+        let refusal = |st: Stat, want: Kind| check(&st, want, me).unwrap_err().to_string();
+        assert!(refusal(stat(Other, me, 0o600, 1), Regular).contains("not a regular file"));
+        assert!(refusal(stat(Directory, me, 0o700, 1), Regular).contains("not a regular file"));
+        assert!(refusal(stat(Regular, me, 0o700, 1), Directory).contains("not a directory"));
+        assert!(refusal(stat(Regular, 1000, 0o600, 1), Regular)
+            .contains("owned by uid 1000, not by the effective uid 0"));
+        assert!(refusal(stat(Directory, 1000, 0o700, 2), Directory).contains("uid 1000"));
         assert!(
-            cache::read(&path).is_none(),
-            "truncated entry must not load"
+            refusal(stat(Regular, me, 0o620, 1), Regular).contains("group or others (mode 0620)")
         );
-        assert!(!cache::verify(&path), "truncated entry must not verify");
+        assert!(refusal(stat(Regular, me, 0o602, 1), Regular).contains("mode 0602"));
+        assert!(refusal(stat(Directory, me, 0o770, 2), Directory).contains("mode 0770"));
+        assert!(refusal(stat(Directory, me, 0o1777, 2), Directory).contains("mode 1777"));
+        assert!(refusal(stat(Regular, me, 0o600, 2), Regular).contains("2 hard links"));
+        // Another uid's euid is its own.
+        assert!(check(&stat(Regular, 1000, 0o600, 1), Regular, 1000).is_ok());
+    }
+
+    #[test]
+    fn directories_are_created_only_inside_closed_directories_of_this_uid_or_root() {
+        use Kind::*;
+        let user = 1000;
+        assert!(may_create_in(&stat(Directory, user, 0o700, 2), user).is_ok());
+        assert!(may_create_in(&stat(Directory, 0, 0o755, 2), user).is_ok());
+        // Sticky: nobody else can rename or remove what is created in it.
+        assert!(may_create_in(&stat(Directory, 0, 0o1777, 2), user).is_ok());
+        // Root with another user's $HOME does not plant directories in it.
+        assert!(may_create_in(&stat(Directory, user, 0o755, 2), 0).is_err());
+        assert!(may_create_in(&stat(Directory, 2000, 0o755, 2), user).is_err());
+        assert!(may_create_in(&stat(Directory, 0, 0o775, 2), user).is_err());
+        assert!(may_create_in(&stat(Regular, user, 0o700, 1), user).is_err());
+    }
+
+    #[test]
+    fn the_user_cache_is_under_xdg_cache_home_or_home_and_never_relative() {
+        let some = |s: &str| Some(OsString::from(s));
+        assert_eq!(
+            user_cache_dir(some("/x/cache"), some("/home/u")),
+            Some(PathBuf::from("/x/cache/ohno/policy"))
+        );
+        assert_eq!(
+            user_cache_dir(None, some("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/ohno/policy"))
+        );
+        assert_eq!(
+            user_cache_dir(some("rel"), some("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/ohno/policy"))
+        );
+        assert_eq!(
+            user_cache_dir(some(""), some("/home/u")),
+            Some(PathBuf::from("/home/u/.cache/ohno/policy"))
+        );
+        assert_eq!(user_cache_dir(None, some("home")), None);
+        assert_eq!(user_cache_dir(None, None), None);
+    }
+
+    #[test]
+    fn entries_round_trip_and_damage_is_refused() {
+        let s = Scratch::new("roundtrip");
+        let dir = s.cache("c");
+        assert_eq!(mode_of(dir.path()), 0o700);
+        let k = key_for("roundtrip");
+        let path = dir.entry_path(&k);
+        dir.write(&k, b"payload bytes").unwrap();
+        assert_eq!(dir.read(&k).unwrap().unwrap().bytes(), b"payload bytes");
+        assert_eq!(mode_of(&path), 0o600);
+        let raw = std::fs::read(&path).unwrap();
+        let damaged = |bytes: &[u8], what: &str| {
+            std::fs::write(&path, bytes).unwrap();
+            let e = dir.read(&k).err();
+            assert!(matches!(e, Some(Refusal::Damaged)), "{what}: {e:?}");
+        };
+        damaged(&raw[..raw.len() - 3], "truncated");
         let mut flipped = raw.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0xff;
-        std::fs::write(&path, &flipped).unwrap();
-        assert!(
-            cache::read(&path).is_none(),
-            "corrupted entry must not load"
-        );
-        assert!(!cache::verify(&path), "corrupted trailer must not verify");
+        damaged(&flipped, "corrupted trailer");
         let mut flipped = raw.clone();
         flipped[0] ^= 0x01;
-        std::fs::write(&path, &flipped).unwrap();
-        assert!(!cache::verify(&path), "corrupted payload must not verify");
-        std::fs::write(&path, b"").unwrap();
-        assert!(!cache::verify(&path), "an empty entry must not verify");
+        damaged(&flipped, "corrupted payload");
+        damaged(b"", "empty");
         std::fs::remove_file(&path).unwrap();
-        assert!(!cache::verify(&path), "a missing entry must not verify");
-        std::fs::remove_dir_all(dir).ok();
+        assert!(dir.read(&k).unwrap().is_none(), "a missing entry is none");
+        assert!(dir.read("../../etc/passwd").unwrap().is_none());
+        assert!(dir.write("../x", b"p").is_err());
+    }
+
+    #[test]
+    fn an_entry_owned_by_another_uid_is_refused() {
+        if !root() {
+            return;
+        }
+        let s = Scratch::new("owner");
+        let dir = s.cache("c");
+        let k = key_for("owner");
+        dir.write(&k, b"planted").unwrap();
+        std::os::unix::fs::chown(dir.entry_path(&k), Some(OTHER_UID), None).unwrap();
+        let e = dir.read(&k).err();
+        assert!(
+            matches!(
+                e,
+                Some(Refusal::Owner {
+                    owner: OTHER_UID,
+                    euid: 0
+                })
+            ),
+            "{e:?}"
+        );
+        // The compiled result replaces it.
+        dir.write(&k, b"ours").unwrap();
+        assert_eq!(dir.read(&k).unwrap().unwrap().bytes(), b"ours");
+    }
+
+    #[test]
+    fn a_group_or_world_writable_entry_is_refused() {
+        let s = Scratch::new("writable");
+        let dir = s.cache("c");
+        let k = key_for("writable");
+        dir.write(&k, b"planted").unwrap();
+        for mode in [0o620, 0o602, 0o666] {
+            chmod(&dir.entry_path(&k), mode);
+            let e = dir.read(&k).err();
+            assert!(
+                matches!(e, Some(Refusal::Writable { mode: m }) if m == mode),
+                "{mode:o}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_symlinked_entry_is_refused_and_replaced_not_followed() {
+        let s = Scratch::new("symlink");
+        let dir = s.cache("c");
+        // A valid entry elsewhere, of this uid, closed: only the link is wrong.
+        let elsewhere = s.cache("elsewhere");
+        let target_key = key_for("target");
+        elsewhere.write(&target_key, b"planted").unwrap();
+        let target = elsewhere.entry_path(&target_key);
+        let before = std::fs::read(&target).unwrap();
+        let k = key_for("symlink");
+        std::os::unix::fs::symlink(&target, dir.entry_path(&k)).unwrap();
+        let e = dir.read(&k).err();
+        assert!(matches!(e, Some(Refusal::Symlink)), "{e:?}");
+        dir.write(&k, b"ours").unwrap();
+        assert!(std::fs::symlink_metadata(dir.entry_path(&k))
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            before,
+            "written through the link"
+        );
+        assert_eq!(dir.read(&k).unwrap().unwrap().bytes(), b"ours");
+    }
+
+    #[test]
+    fn a_hard_linked_entry_is_refused_and_replaced() {
+        let s = Scratch::new("hardlink");
+        let dir = s.cache("c");
+        let (a, b) = (key_for("a"), key_for("b"));
+        dir.write(&a, b"planted").unwrap();
+        std::fs::hard_link(dir.entry_path(&a), dir.entry_path(&b)).unwrap();
+        for k in [&a, &b] {
+            let e = dir.read(k).err();
+            assert!(matches!(e, Some(Refusal::Links { links: 2 })), "{e:?}");
+        }
+        dir.write(&b, b"ours").unwrap();
+        assert_eq!(dir.read(&b).unwrap().unwrap().bytes(), b"ours");
+        assert_eq!(dir.read(&a).unwrap().unwrap().bytes(), b"planted");
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_entry_is_refused_without_blocking() {
+        let s = Scratch::new("fifo");
+        let dir = s.cache("c");
+        let k = key_for("fifo");
+        nix::unistd::mkfifo(&dir.entry_path(&k), Mode::from_bits_truncate(0o600)).unwrap();
+        let e = dir.read(&k).err();
+        assert!(matches!(e, Some(Refusal::NotRegular)), "{e:?}");
+        let k = key_for("dir");
+        std::fs::create_dir(dir.entry_path(&k)).unwrap();
+        chmod(&dir.entry_path(&k), 0o700);
+        let e = dir.read(&k).err();
+        assert!(matches!(e, Some(Refusal::NotRegular)), "{e:?}");
+    }
+
+    #[test]
+    fn the_bytes_deserialized_are_the_bytes_verified() {
+        let s = Scratch::new("swap");
+        let dir = s.cache("c");
+        let e = engine().unwrap();
+        let real = Component::new(&e, EMPTY_COMPONENT)
+            .unwrap()
+            .serialize()
+            .unwrap();
+        let k = key_for("swap");
+        dir.write(&k, &real).unwrap();
+        let verified = dir.read(&k).unwrap().unwrap();
+        // Between the read and the load: the file is rewritten in place, then
+        // another file (with a valid trailer) takes its name.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.entry_path(&k))
+            .and_then(|mut f| f.write_all(&vec![0u8; real.len()]))
+            .unwrap();
+        dir.write(&k, b"not a serialized component").unwrap();
+        assert_eq!(verified.bytes(), &real[..]);
+        deserialize(&e, &verified).expect("the verified bytes load");
+        // What is on disk now would be refused by wasmtime if it were loaded.
+        let now = dir.read(&k).unwrap().unwrap();
+        assert_eq!(now.bytes(), b"not a serialized component");
+        assert!(deserialize(&e, &now).is_err());
+    }
+
+    #[test]
+    fn a_cache_directory_of_another_uid_open_to_others_or_not_a_directory_is_refused() {
+        let s = Scratch::new("dirs");
+        let path = s.path().join("c");
+        drop(s.cache("c"));
+        chmod(&path, 0o770);
+        let e = CacheDir::open(&path).err();
+        assert!(
+            matches!(e, Some(Refusal::Writable { mode: 0o770 })),
+            "{e:?}"
+        );
+        chmod(&path, 0o1777);
+        let e = CacheDir::open(&path).err();
+        assert!(matches!(e, Some(Refusal::Writable { .. })), "{e:?}");
+        chmod(&path, 0o700);
+        assert!(CacheDir::open(&path).is_ok());
+        let file = s.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let e = CacheDir::open(&file).err();
+        assert!(matches!(e, Some(Refusal::NotDirectory)), "{e:?}");
+        if root() {
+            std::os::unix::fs::chown(&path, Some(OTHER_UID), None).unwrap();
+            let e = CacheDir::open(&path).err();
+            assert!(
+                matches!(
+                    e,
+                    Some(Refusal::Owner {
+                        owner: OTHER_UID,
+                        ..
+                    })
+                ),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_symlinked_cache_directory_is_refused() {
+        let s = Scratch::new("dirlink");
+        drop(s.cache("real"));
+        let link = s.path().join("link");
+        std::os::unix::fs::symlink(s.path().join("real"), &link).unwrap();
+        let e = CacheDir::open(&link).err();
+        assert!(matches!(e, Some(Refusal::Symlink)), "{e:?}");
+    }
+
+    #[test]
+    fn a_missing_cache_directory_is_created_0700_with_its_parents_only_where_allowed() {
+        let s = Scratch::new("create");
+        let path = s.path().join("a/b/c");
+        let dir = CacheDir::open(&path).unwrap();
+        for p in ["a", "a/b", "a/b/c"] {
+            assert_eq!(mode_of(&s.path().join(p)), 0o700, "{p}");
+        }
+        drop(dir);
+        // Not inside a directory group or others can write (unless sticky).
+        let open = s.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        chmod(&open, 0o777);
+        let e = CacheDir::open(&open.join("c")).err();
+        assert!(matches!(e, Some(Refusal::Uncreatable { .. })), "{e:?}");
+        assert!(!open.join("c").exists());
+        chmod(&open, 0o1777);
+        assert!(CacheDir::open(&open.join("c")).is_ok());
+        if root() {
+            // Not inside another user's directory.
+            let theirs = s.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(OTHER_UID), None).unwrap();
+            let e = CacheDir::open(&theirs.join("ohno/policy")).err();
+            let text = e.as_ref().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                text.contains("cannot be created in") && text.contains("uid 65534"),
+                "{e:?}"
+            );
+            assert!(!theirs.join("ohno").exists());
+        }
+    }
+
+    #[test]
+    fn a_planted_index_is_refused_and_the_component_hashed_again() {
+        let s = Scratch::new("index");
+        let dir = s.cache("c");
+        let file = s.path().join("p.wasm");
+        std::fs::write(&file, b"component one").unwrap();
+        let e = engine().unwrap();
+        let (k1, _) = dir.key_of_file(&e, &file).unwrap();
+        let index = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|d| d.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("index-"))
+            })
+            .unwrap();
+        assert_eq!(mode_of(&index), 0o600);
+        // The index decides which entry loads: pointed at another key...
+        let planted_key = key_for("another component");
+        let text = std::fs::read_to_string(&index).unwrap();
+        let planted = text.replace(&k1, &planted_key);
+        std::fs::write(&index, &planted).unwrap();
+        // ...by this uid, it is believed (as an entry of this uid would be)...
+        assert_eq!(dir.key_of_file(&e, &file).unwrap().0, planted_key);
+        // ...open to others, it is refused: hashed again, and rewritten.
+        chmod(&index, 0o666);
+        let (k, bytes) = dir.key_of_file(&e, &file).unwrap();
+        assert_eq!(k, k1);
+        assert!(bytes.is_some(), "the component was hashed again");
+        assert_eq!(mode_of(&index), 0o600);
+        assert_eq!(dir.key_of_file(&e, &file).unwrap(), (k1.clone(), None));
+        // A symlinked index is refused the same way.
+        let elsewhere = s.path().join("elsewhere");
+        std::fs::write(&elsewhere, &planted).unwrap();
+        chmod(&elsewhere, 0o600);
+        std::fs::remove_file(&index).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &index).unwrap();
+        assert_eq!(dir.key_of_file(&e, &file).unwrap().0, k1);
+        if root() {
+            std::fs::write(&index, &planted).unwrap();
+            std::os::unix::fs::chown(&index, Some(OTHER_UID), None).unwrap();
+            assert_eq!(dir.key_of_file(&e, &file).unwrap().0, k1);
+        }
     }
 
     #[test]
     fn the_key_of_an_unchanged_file_is_remembered_and_a_changed_file_rehashed() {
-        let dir = std::env::temp_dir().join(format!("ohno-keyidx-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("p.wasm");
-        let cache_dir = dir.join("cache");
+        let s = Scratch::new("keyidx");
+        let file = s.path().join("p.wasm");
+        let dir = s.cache("cache");
         std::fs::write(&file, b"component one").unwrap();
         let e = engine().unwrap();
-        let (k1, bytes) = cache::key_of_file(&e, &file, &cache_dir).unwrap();
-        assert_eq!(k1, cache::key(&e, b"component one"));
+        let (k1, bytes) = dir.key_of_file(&e, &file).unwrap();
+        assert_eq!(k1, key(&e, b"component one"));
         assert_eq!(bytes.as_deref(), Some(&b"component one"[..]));
-        let (again, bytes) = cache::key_of_file(&e, &file, &cache_dir).unwrap();
+        let (again, bytes) = dir.key_of_file(&e, &file).unwrap();
         assert_eq!(again, k1);
         assert!(bytes.is_none(), "an unchanged file is not read again");
         // Same size, new content: the change time moves, so it is hashed again.
         std::fs::write(&file, b"component two").unwrap();
-        let (k2, bytes) = cache::key_of_file(&e, &file, &cache_dir).unwrap();
-        assert_eq!(k2, cache::key(&e, b"component two"));
+        let (k2, bytes) = dir.key_of_file(&e, &file).unwrap();
+        assert_eq!(k2, key(&e, b"component two"));
         assert!(bytes.is_some());
         // Another engine configuration never reuses the remembered key.
         let mut other = Config::new();
         other.consume_fuel(false);
         let e2 = Engine::new(&other).unwrap();
-        let (k3, _) = cache::key_of_file(&e2, &file, &cache_dir).unwrap();
-        assert_eq!(k3, cache::key(&e2, b"component two"));
+        let (k3, _) = dir.key_of_file(&e2, &file).unwrap();
+        assert_eq!(k3, key(&e2, b"component two"));
         assert_ne!(k3, k2);
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
     fn cache_key_depends_on_component_and_engine_config() {
         let e1 = engine().unwrap();
-        let k1 = cache::key(&e1, b"component a");
-        assert_eq!(k1, cache::key(&e1, b"component a"));
-        assert_ne!(k1, cache::key(&e1, b"component b"));
+        let k1 = key(&e1, b"component a");
+        assert_eq!(k1, key(&e1, b"component a"));
+        assert_ne!(k1, key(&e1, b"component b"));
         let mut other = Config::new();
         other.consume_fuel(false).epoch_interruption(false);
         let e2 = Engine::new(&other).unwrap();
-        assert_ne!(k1, cache::key(&e2, b"component a"));
+        assert_ne!(k1, key(&e2, b"component a"));
     }
 }

@@ -397,8 +397,12 @@ pub enum CacheOutcome {
     Hit,
     /// Compiled and stored.
     Compiled,
-    /// The entry was unusable (truncated, corrupt, another engine's); recompiled.
+    /// The entry was refused (damaged, another engine's, or failing the cache's
+    /// trust checks, see [`cache`]); recompiled and stored in its place.
     Replaced,
+    /// Compiled and not stored: no cache, a cache directory that failed its
+    /// checks, or a write that failed (each logged).
+    Uncached,
 }
 
 /// A fault of the policy named `policy`.
@@ -409,65 +413,93 @@ fn fault(policy: &str, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Load `path` as a component: from the cache when possible, else compile (and
-/// cache). Checks the contract (version, imports) either way.
+/// Load `path` as a component: from the cache in `cache_dir` when it holds an
+/// entry that passes the cache's checks (see [`cache`]), else compile, and
+/// store the result when the directory itself passes them. `None`: compile in
+/// memory. Every refusal is logged with the check that failed. Checks the
+/// contract (version, imports) either way.
 pub fn load_component(
     engine: &Engine,
     path: &Path,
-    cache_dir: &Path,
+    cache_dir: Option<&Path>,
 ) -> Result<(Component, CacheOutcome)> {
     let name = path.display().to_string();
     let read_err = |e: std::io::Error| fault(&name, format!("read the component: {e}"));
-    let (key, bytes) = cache::key_of_file(engine, path, cache_dir).map_err(read_err)?;
-    let entry = cache::entry(cache_dir, &key);
+    let dir = match cache_dir.map(|d| (d, cache::CacheDir::open(d))) {
+        None => None,
+        Some((_, Ok(dir))) => Some(dir),
+        Some((d, Err(why))) => {
+            log::warn!(
+                "policy {name}: cache directory {} refused: {why}; compiling without a cache",
+                d.display()
+            );
+            None
+        }
+    };
+    let Some(dir) = dir else {
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        return Ok((compile(engine, &bytes, &name)?, CacheOutcome::Uncached));
+    };
+    let (key, bytes) = dir.key_of_file(engine, path).map_err(read_err)?;
+    let entry = dir.entry_path(&key);
     let mut outcome = CacheOutcome::Compiled;
-    if entry.exists() {
-        // SAFETY: the entry was written by `cache::write` from `Component::serialize`
-        // for an engine with the same compatibility hash (it is in the key), and its
-        // length and checksum are verified before use; the directory is root's, 0700,
-        // and entries are only ever replaced by rename, never written in place.
-        match cache::verify(&entry).then(|| unsafe { Component::deserialize_file(engine, &entry) })
-        {
-            Some(Ok(c)) => {
+    match dir.read(&key) {
+        Ok(None) => {}
+        Ok(Some(verified)) => match cache::deserialize(engine, &verified) {
+            Ok(c) => {
                 log::debug!("policy {name}: loaded from cache {}", entry.display());
                 check_contract(engine, &c, &name)?;
                 return Ok((c, CacheOutcome::Hit));
             }
-            Some(Err(e)) => log::warn!(
-                "policy {name}: cache entry {} unusable ({e:#}); recompiling",
+            Err(e) => {
+                log::warn!(
+                    "policy {name}: cache entry {} unusable ({e:#}); recompiling",
+                    entry.display()
+                );
+                outcome = CacheOutcome::Replaced;
+            }
+        },
+        Err(why) => {
+            log::warn!(
+                "policy {name}: cache entry {} refused: {why}; recompiling",
                 entry.display()
-            ),
-            None => log::warn!(
-                "policy {name}: cache entry {} is damaged; recompiling",
-                entry.display()
-            ),
+            );
+            outcome = CacheOutcome::Replaced;
         }
-        outcome = CacheOutcome::Replaced;
     }
     let bytes = match bytes {
         Some(b) => b,
         None => std::fs::read(path).map_err(read_err)?,
     };
+    let component = compile(engine, &bytes, &name)?;
+    match component
+        .serialize()
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|payload| dir.write(&key, &payload))
+    {
+        Ok(()) => log::debug!("policy {name}: cached at {}", entry.display()),
+        Err(e) => {
+            log::warn!(
+                "policy {name}: cannot write cache entry {}: {e}",
+                entry.display()
+            );
+            outcome = CacheOutcome::Uncached;
+        }
+    }
+    Ok((component, outcome))
+}
+
+/// Compile `bytes` (the component `name`) and check its contract.
+fn compile(engine: &Engine, bytes: &[u8], name: &str) -> Result<Component> {
     let started = Instant::now();
-    let component = Component::new(engine, &bytes)
-        .map_err(|e| fault(&name, format!("not a valid WebAssembly component: {e:#}")))?;
-    check_contract(engine, &component, &name)?;
+    let component = Component::new(engine, bytes)
+        .map_err(|e| fault(name, format!("not a valid WebAssembly component: {e:#}")))?;
+    check_contract(engine, &component, name)?;
     log::info!(
         "policy {name}: compiled in {:.1} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
-    match component
-        .serialize()
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|payload| cache::write(cache_dir, &entry, &payload))
-    {
-        Ok(()) => log::debug!("policy {name}: cached at {}", entry.display()),
-        Err(e) => log::warn!(
-            "policy {name}: cannot write cache entry {}: {e}",
-            entry.display()
-        ),
-    }
-    Ok((component, outcome))
+    Ok(component)
 }
 
 /// The component implements `ohno:policy/decisions@0.1.x` and imports nothing
@@ -593,10 +625,17 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Load the component of `conf` through the cache in `policy.cacheDir`.
     pub fn load(conf: &PolicyConf) -> Result<Loaded> {
+        Loaded::load_cached_in(conf, Some(&conf.cache_dir))
+    }
+
+    /// Load the component of `conf` through the cache in `cache_dir`, or
+    /// through none (`ohnoctl` for a user without a private cache).
+    pub fn load_cached_in(conf: &PolicyConf, cache_dir: Option<&Path>) -> Result<Loaded> {
         let name = conf.path.display().to_string();
         let engine = engine()?;
-        let (component, cache) = load_component(&engine, &conf.path, &conf.cache_dir)?;
+        let (component, cache) = load_component(&engine, &conf.path, cache_dir)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         link_wasi(&engine, &component, &mut linker)
             .map_err(|e| fault(&name, format!("link WASI: {e:#}")))?;
