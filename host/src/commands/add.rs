@@ -48,7 +48,7 @@ pub fn run(inv: &Invocation) -> Result<Value> {
     // this one waits (on a small VM, often not before), so the waiting belongs
     // here and the CPU work there. Neither needs the other until the addresses
     // go on.
-    let alias = format!("{}/{}", env.container_id, env.ifname);
+    let alias = host_veth_alias(&env.container_id, &env.ifname);
     let mut made = Made::default();
     let (named_tx, named_rx) = std::sync::mpsc::channel::<Option<String>>();
     let (allocated_tx, allocated_rx) = std::sync::mpsc::channel::<bool>();
@@ -203,6 +203,13 @@ pub(crate) fn node_has_no_attachments(alloc: &Allocator<'_>, conf: &NetConf) -> 
         .attachments(Some(&conf.name))
         .map(|atts| !atts.iter().any(|a| a.owner.node == conf.node))
         .unwrap_or(false)
+}
+
+/// The alias (`IFLA_IFALIAS`) ADD sets on the host end of an attachment's veth:
+/// how a repeated ADD adopts its pair and DEL knows the pod's interface is this
+/// attachment's. A container id and ifname name one attachment on the node.
+pub(crate) fn host_veth_alias(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}/{ifname}")
 }
 
 /// What this ADD created, so a failure can remove exactly that.
@@ -448,7 +455,7 @@ fn plumb(
     let bridge = host.ensure_bridge_found(&conf.bridge, found, Some(mtu), conf.promisc_mode)?;
     fault_point("bridge")?;
 
-    let alias = format!("{}/{}", env.container_id, env.ifname);
+    let alias = host_veth_alias(&env.container_id, &env.ifname);
     let host_veth = match naming {
         HostNaming::Default => {
             create_veth(&mut host, None, &alias, inv, netns, mtu, bridge.index, made)?

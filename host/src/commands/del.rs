@@ -3,6 +3,13 @@
 //! netns at all. Masquerade rules go with the last attachment of the network on
 //! this node.
 //!
+//! Only the veth this attachment's ADD made is unplugged: the link called
+//! `CNI_IFNAME` in the pod must be a veth whose peer, on this host, is a veth
+//! carrying the attachment's alias (`<containerid>/<ifname>`, set by ADD) and
+//! pointing back at it. Anything else of that name (a dummy, another plugin's
+//! veth, a link the pod made itself) is left alone, and DEL still releases the
+//! addresses and succeeds.
+//!
 //! Deleting a veth costs the kernel an RCU barrier (~20–30 ms) whoever asks. DEL
 //! does not wait for it: it takes both ends out of service (down, renamed to
 //! `ohnodel<index>`, so `CNI_IFNAME` and the host-side name are free at once and
@@ -15,7 +22,7 @@
 use super::Invocation;
 use crate::error::{Error, Result};
 use crate::ipam::Allocator;
-use crate::net::link::Netlink;
+use crate::net::link::{Link, Netlink};
 use crate::net::netns::NetNs;
 use crate::net::nft;
 use crate::store;
@@ -28,7 +35,8 @@ pub fn run(inv: &Invocation) -> Result<()> {
     if let Some(path) = env.netns.as_ref().filter(|_| !conf.ipam_only()) {
         match NetNs::open(path) {
             Ok(ns) => {
-                if let Err(e) = delete_pod_link(&ns, &env.ifname) {
+                let alias = super::add::host_veth_alias(&env.container_id, &env.ifname);
+                if let Err(e) = delete_pod_link(&ns, &env.ifname, &alias) {
                     log::warn!("delete {} in {}: {e}", env.ifname, path.display());
                     first_error.get_or_insert(e);
                 }
@@ -74,21 +82,28 @@ pub fn run(inv: &Invocation) -> Result<()> {
 /// Prefix of retired pod interfaces awaiting deletion.
 const TOMBSTONE: &str = "ohnodel";
 
-fn delete_pod_link(ns: &NetNs, ifname: &str) -> Result<()> {
+fn delete_pod_link(ns: &NetNs, ifname: &str, alias: &str) -> Result<()> {
     let mut nl = Netlink::open_in(ns)?;
     let Some(link) = nl.link_by_name(ifname)? else {
         return Ok(());
+    };
+    let mut host = Netlink::open()?;
+    let peer = match host_end(&mut host, &link, alias)? {
+        Ok(peer) => peer,
+        Err(why) => {
+            log::warn!(
+                "{ifname} in {} is not this attachment's veth ({why}); left alone",
+                ns.path().display()
+            );
+            return Ok(());
+        }
     };
     let retired = nl.retire(link.index, &format!("{TOMBSTONE}{:08x}", link.index));
     if retired.is_ok() {
         // The host end too: its name (the default rule's or a policy's) is free at
         // once, and a repeated ADD can never adopt the dying pair.
-        if let Some(peer) = link.peer {
-            if let Err(e) = Netlink::open()
-                .and_then(|mut host| host.retire(peer, &format!("{TOMBSTONE}{peer:08x}")))
-            {
-                log::debug!("retire host veth {peer}: {e}");
-            }
+        if let Err(e) = host.retire(peer, &format!("{TOMBSTONE}{peer:08x}")) {
+            log::debug!("retire host veth {peer}: {e}");
         }
         match spawn_reaper(ns, link.index) {
             Ok(()) => return Ok(()),
@@ -99,6 +114,40 @@ fn delete_pod_link(ns: &NetNs, ifname: &str) -> Result<()> {
         Err(e) if e.is_not_found() => Ok(()),
         other => other,
     }
+}
+
+/// The index of `pod_link`'s host end when `pod_link` is the veth this
+/// attachment's ADD made: a veth whose peer, in this (the host's) namespace, is
+/// a veth with the attachment's `alias` and `pod_link` as its own peer. An
+/// interface index is unique within a namespace, so the two pointing at each
+/// other is the pair. Otherwise `Ok(Err(why))`.
+fn host_end(
+    host: &mut Netlink,
+    pod_link: &Link,
+    alias: &str,
+) -> Result<std::result::Result<u32, String>> {
+    if pod_link.kind.as_deref() != Some("veth") {
+        return Ok(Err(format!(
+            "kind {}, not veth",
+            pod_link.kind.as_deref().unwrap_or("none")
+        )));
+    }
+    let Some(peer) = pod_link.peer else {
+        return Ok(Err("a veth without a peer".into()));
+    };
+    let Some(host_link) = host.link_by_index(peer)? else {
+        return Ok(Err(format!("its peer {peer} is not on this host")));
+    };
+    let ours = host_link.kind.as_deref() == Some("veth")
+        && host_link.alias.as_deref() == Some(alias)
+        && host_link.peer == Some(pod_link.index);
+    if !ours {
+        return Ok(Err(format!(
+            "host link {} ({peer}) is not its peer with alias {alias:?}",
+            host_link.name
+        )));
+    }
+    Ok(Ok(peer))
 }
 
 /// Start `ohno --reap-link INDEX --netns-fd FD`, detached (own session, no stdio,

@@ -1,0 +1,112 @@
+//! DEL unplugs only the veth its attachment's ADD made. Whatever else is
+//! called `CNI_IFNAME` in the pod (a link of another kind, someone else's veth)
+//! is left as it is, and DEL still releases the addresses and succeeds, as CNI
+//! wants of a DEL.
+
+mod common;
+
+use common::{Node, Pod};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The container ids with an allocation, as `ohnoctl ipam ls --json` lists them.
+fn allocated(node: &Node, conf: &Value) -> Vec<String> {
+    let path = node.dir.path().join("ohnoctl-conf.json");
+    std::fs::write(&path, conf.to_string()).expect("write config for ohnoctl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ohnoctl"))
+        .args(["ipam", "ls", "--json", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run ohnoctl");
+    assert!(out.status.success(), "{out:?}");
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("ohnoctl ls --json");
+    list.iter()
+        .filter_map(|a| a["containerId"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `eth0` in `pod`: (ifindex, kind).
+fn eth0(pod: &Pod) -> Option<(u64, String)> {
+    let link = pod.ns.link("eth0")?;
+    Some((
+        link["ifindex"].as_u64().unwrap_or_default(),
+        link["linkinfo"]["info_kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    ))
+}
+
+#[test]
+fn del_leaves_an_eth0_it_did_not_make_alone_and_still_releases_the_addresses() {
+    let node = Node::new();
+    let conf = node.ohno_conf("1.1.0");
+    // Each replaces the pod's eth0 after ADD: nothing of them is the attachment's.
+    let foreign: [(&str, &[&[&str]]); 3] = [
+        // A bridge: test kernels may lack the dummy driver.
+        (
+            "a link of another kind",
+            &[&["ip", "link", "add", "eth0", "type", "bridge"]],
+        ),
+        (
+            "a veth whose peer is in the pod too",
+            &[&[
+                "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "fpeer",
+            ]],
+        ),
+        ("a veth whose peer is on the host under another alias", &[]),
+    ];
+    for (what, make) in foreign {
+        let pod = Pod::new();
+        let result = node.add(&pod, &conf);
+        pod.ns.exec_ok(&["ip", "link", "del", "eth0"]);
+        for argv in make {
+            pod.ns.exec_ok(argv);
+        }
+        if make.is_empty() {
+            // Made on the host, its pod end moved in; its host end has no alias.
+            node.host.exec_ok(&[
+                "ip",
+                "link",
+                "add",
+                "fhost0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                pod.ns.name(),
+            ]);
+        }
+        let before = eth0(&pod).expect("the foreign eth0");
+        assert!(allocated(&node, &conf).contains(&pod.container_id));
+
+        let out = node.ohno("DEL", &pod, &node.with_prev_result(&conf, &result));
+        out.success();
+        // No reaper may come for it either.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(eth0(&pod), Some(before), "{what}: DEL touched it\n{out}");
+        if make.is_empty() {
+            assert!(node.host.link("fhost0").is_some(), "{what}: host end gone");
+            node.host.exec_ok(&["ip", "link", "del", "fhost0"]);
+        }
+        assert!(
+            !allocated(&node, &conf).contains(&pod.container_id),
+            "{what}: DEL did not release the addresses\n{out}"
+        );
+    }
+}
+
+#[test]
+fn del_still_unplugs_the_veth_its_add_made() {
+    let node = Node::new();
+    let conf = node.ohno_conf("1.1.0");
+    let pod = Pod::new();
+    let result = node.add(&pod, &conf);
+    assert!(eth0(&pod).is_some_and(|(_, kind)| kind == "veth"));
+    node.ohno("DEL", &pod, &node.with_prev_result(&conf, &result))
+        .success();
+    assert!(eth0(&pod).is_none(), "eth0 still in the pod");
+    assert!(node.host_veths_eventually_gone(), "{:?}", node.host_veths());
+}
