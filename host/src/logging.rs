@@ -29,12 +29,15 @@ impl log::Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
+        // One record, one line: a control character in the message (a
+        // policy's log line or output, an error quoting one) is escaped.
+        let message = r.args().to_string();
         let line = format!(
             "{} {:<5} [{}] {}\n",
             timestamp(),
             r.level(),
             self.tag,
-            r.args()
+            escape_control(&message)
         );
         if let Some(f) = &self.file {
             if let Ok(mut f) = f.lock() {
@@ -49,9 +52,15 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-/// Install the logger. `tag` identifies the invocation (`ADD c1/eth0 pid 42`).
+/// The most of a tag a line carries: the tag holds `CNI_CONTAINERID` and
+/// `CNI_IFNAME` as the runtime gave them, before they are validated.
+const TAG_CHARS: usize = 160;
+
+/// Install the logger. `tag` identifies the invocation (`ADD c1/eth0 pid 42`);
+/// it is escaped and bounded here, since it is written before validation.
 /// A log file that cannot be opened is reported on stderr and otherwise ignored.
 pub fn init(file: &Path, level: log::LevelFilter, tag: String) {
+    let tag = bounded_tag(&tag);
     let file = if level == log::LevelFilter::Off {
         None
     } else {
@@ -74,6 +83,40 @@ pub fn init(file: &Path, level: log::LevelFilter, tag: String) {
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// `tag` escaped and cut at [`TAG_CHARS`] characters (`…` marks a cut).
+fn bounded_tag(tag: &str) -> String {
+    let escaped = escape_control(tag);
+    let mut out: String = escaped.chars().take(TAG_CHARS).collect();
+    if escaped.chars().nth(TAG_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// `s` with every C0 and C1 control character (and DEL) written as an escape
+/// (`\n`, `\r`, `\t`, `\x1b`, `\u{9b}`), so that text from outside — a
+/// policy's log line, its stdout, a container id — stays on its own line and
+/// cannot move the cursor or forge a line of its own.
+pub fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// UTC time as RFC 3339 with milliseconds, without a date crate.
@@ -104,6 +147,29 @@ fn timestamp() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_nothing_else() {
+        assert_eq!(escape_control("plain text, ünïcode"), "plain text, ünïcode");
+        assert_eq!(
+            escape_control("a\nforged INFO line\r\t\u{1b}[31m\u{7f}\u{9b}2J\u{85}"),
+            "a\\nforged INFO line\\r\\t\\x1b[31m\\x7f\\u{9b}2J\\u{85}"
+        );
+    }
+
+    #[test]
+    fn the_tag_is_escaped_and_bounded() {
+        let tag = bounded_tag(&format!("ADD {}\n/eth0 pid 1", "c".repeat(1000)));
+        assert_eq!(tag.chars().count(), TAG_CHARS + 1, "{tag}");
+        assert!(tag.ends_with('…'));
+        assert!(!tag.contains('\n'));
+        assert_eq!(
+            bounded_tag("ADD c1\u{1b}/eth0 pid 1"),
+            "ADD c1\\x1b/eth0 pid 1"
+        );
+    }
+
     #[test]
     fn timestamp_is_rfc3339() {
         let t = super::timestamp();
