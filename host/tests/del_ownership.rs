@@ -1,13 +1,17 @@
-//! DEL unplugs only the veth its attachment's ADD made. Whatever else is
-//! called `CNI_IFNAME` in the pod (a link of another kind, someone else's veth)
-//! is left as it is, and DEL still releases the addresses and succeeds, as CNI
-//! wants of a DEL.
+//! DEL unplugs only the veth its attachment's ADD made, and a `CNI_NETNS` that
+//! is not a network namespace fails at once instead of hanging. Whatever else
+//! is called `CNI_IFNAME` in the pod (a link of another kind, someone else's
+//! veth) is left as it is, and DEL still releases the addresses and succeeds,
+//! as CNI wants of a DEL.
 
 mod common;
 
-use common::{Node, Pod};
+use common::{run_plugin, Invocation, Node, Pod};
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A refusal must not look like a hang.
+const PROMPT: Duration = Duration::from_secs(5);
 
 /// The container ids with an allocation, as `ohnoctl ipam ls --json` lists them.
 fn allocated(node: &Node, conf: &Value) -> Vec<String> {
@@ -109,4 +113,36 @@ fn del_still_unplugs_the_veth_its_add_made() {
         .success();
     assert!(eth0(&pod).is_none(), "eth0 still in the pod");
     assert!(node.host_veths_eventually_gone(), "{:?}", node.host_veths());
+}
+
+#[test]
+fn a_netns_path_that_is_a_fifo_fails_add_at_once_and_del_does_not_hang() {
+    let node = Node::new();
+    let pod = Pod::new();
+    let fifo = node.dir.path().join("not-a-netns");
+    common::run_ok("mkfifo", &[&fifo.to_string_lossy()]);
+    let conf = node.ohno_conf("1.1.0").to_string();
+    let links_before = node.host.link_names();
+
+    let mut inv = Invocation::ohno("ADD", &pod);
+    inv.netns = fifo.to_string_lossy().into_owned();
+    let started = Instant::now();
+    let out = run_plugin(&node.host, &inv, &conf);
+    let took = started.elapsed();
+    let msg = out.error_with_code(4);
+    assert!(took < PROMPT, "{out}\nrefused only after {took:?}");
+    assert!(msg.contains("CNI_NETNS"), "{out}");
+    let details = out.json()["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("not a network namespace") && details.contains("not-a-netns"),
+        "{out}"
+    );
+    assert_eq!(node.host.link_names(), links_before, "{out}\nlinks changed");
+
+    inv.command = Some("DEL".into());
+    let started = Instant::now();
+    let out = run_plugin(&node.host, &inv, &conf);
+    let took = started.elapsed();
+    out.success();
+    assert!(took < PROMPT, "{out}\nDEL took {took:?}");
 }

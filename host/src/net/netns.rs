@@ -30,12 +30,24 @@ impl NetNs {
     ///
     /// A missing path is an error for which `is_not_found()` is true. A path
     /// that exists but is not a network namespace (a plain file left behind by
-    /// an unmounted `/var/run/netns/<name>`, or another namespace type) is an
-    /// `InvalidInput` error naming the path.
+    /// an unmounted `/var/run/netns/<name>`, a FIFO, a device, another
+    /// namespace type) is an `InvalidInput` error naming the path, at once.
+    ///
+    /// The open is non-blocking: a plain `open` of a FIFO waits for a writer
+    /// for ever, and an ADD or DEL given one would hang. `O_NOCTTY` keeps a
+    /// terminal from becoming ours. Symlinks are followed: `/proc/<pid>/ns/net`
+    /// is one (a magic link to the namespace), so no `O_NOFOLLOW`; what the
+    /// path leads to is checked on the descriptor (nsfs, then the namespace
+    /// type) before anything uses it.
     pub fn open(path: &Path) -> Result<NetNs> {
+        use std::os::unix::fs::OpenOptionsExt;
         let context = || format!("open netns {}", path.display());
         // O_CLOEXEC is the std default.
-        let file = File::open(path).map_err(|e| Error::netlink(context(), e))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| Error::netlink(context(), e))?;
         let fs = nix::sys::statfs::fstatfs(&file)
             .map_err(|e| Error::netlink(context(), io::Error::from(e)))?;
         let magic = fs.filesystem_type().0 as i64;
@@ -130,6 +142,27 @@ mod tests {
         // Another namespace type on nsfs is refused too.
         let err = NetNs::open(Path::new("/proc/self/ns/uts")).unwrap_err();
         assert!(err.to_string().contains("not a network namespace"), "{err}");
+    }
+
+    #[test]
+    fn open_refuses_a_fifo_at_once_instead_of_waiting_for_a_writer() {
+        let dir = std::env::temp_dir().join(format!("ohno-netns-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("netns");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // A blocking open would never return: run it where a hang fails the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(NetNs::open(&path).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let outcome = rx.recv_timeout(std::time::Duration::from_secs(5));
+        std::fs::remove_dir_all(&dir).ok();
+        let err = outcome
+            .expect("opening a FIFO as a netns hung")
+            .unwrap_err();
+        assert!(err.contains("not a network namespace"), "{err}");
+        assert!(err.contains(&fifo.display().to_string()), "{err}");
     }
 
     #[test]
