@@ -20,8 +20,10 @@
 //! - What the policy and the host log during a call (guest log lines, its
 //!   stdout/stderr, faults) travels back with the answer and is written to the
 //!   plugin's log at the plugin's level.
-//! - Only one call runs at a time in a helper: a call's wall-clock deadline is
-//!   the engine's epoch, which a timeout advances for every store at once.
+//! - Calls of different ADDs run at once, each in its own store against its
+//!   own deadline (the engine's epoch only ticks; each store compares the time
+//!   with its call's deadline), so one slow or sleeping policy call delays no
+//!   other ADD.
 //! - The next ADD's store is made ready (instantiated, configured) after each
 //!   ADD and at start, so an ADD does not wait for it; each store still serves
 //!   exactly one ADD, and its view of the node is read when the ADD asks.
@@ -364,15 +366,6 @@ fn at(level: log::LevelFilter, lines: Captured) -> Lines {
         .collect()
 }
 
-/// One call at a time: a timeout advances the engine's epoch, which would cut
-/// every store's call short, not only the late one's.
-static CALLS: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time<T>(f: impl FnOnce() -> T) -> T {
-    let _turn = CALLS.lock().unwrap_or_else(|p| p.into_inner());
-    f()
-}
-
 struct Served {
     identity: Identity,
     loaded: Loaded,
@@ -400,8 +393,7 @@ impl Served {
             id.pools.clone(),
         );
         capture(log::LevelFilter::Trace);
-        let policy =
-            one_at_a_time(|| WasmPolicy::instantiate(&self.loaded, &id.policy, view.clone()));
+        let policy = WasmPolicy::instantiate(&self.loaded, &id.policy, view.clone());
         Prepared {
             policy,
             view,
@@ -477,19 +469,14 @@ fn converse(served: &Served, mut stream: UnixStream) {
         };
         let r = match req {
             Request::Hello { .. } => Reply::Failed(WireError::Store("hello twice".into())),
-            Request::NameInterface(pod) => {
-                reply(one_at_a_time(|| p.name_interface(&pod)), Reply::Naming)
-            }
+            Request::NameInterface(pod) => reply(p.name_interface(&pod), Reply::Naming),
             Request::Allocate(pod, family, names) => {
                 let pools: Option<Vec<&PoolConf>> = names
                     .iter()
                     .map(|n| id.pools.iter().find(|p| &p.name == n))
                     .collect();
                 match pools {
-                    Some(pools) => reply(
-                        one_at_a_time(|| p.allocate(&pod, family, &pools)),
-                        Reply::Allocation,
-                    ),
+                    Some(pools) => reply(p.allocate(&pod, family, &pools), Reply::Allocation),
                     None => Reply::Failed(WireError::Store(format!(
                         "the policy helper does not know pools {names:?}"
                     ))),

@@ -6,26 +6,28 @@
 //!   budget), epoch interruption (the wall-clock backstop for `timeoutMs`), a
 //!   bounded wasm stack, GC and exceptions off. `ohnoctl policy compile` uses the
 //!   same function, so its cache entries are the plugin's.
-//! - A fresh `Store` per ADD with `StoreLimits` (`memoryMB`, trap on grow failure,
-//!   few instances, tables and memories).
+//! - A fresh `Store` per ADD with the limits of [`limits`]: one memory of
+//!   `memoryMB`, bounded tables, host resources, log volume and answers; host
+//!   calls cost fuel.
+//! - Every wait ends at the call's deadline, in wasm and in the host
+//!   ([`deadline`]); each store has its own, so calls of many stores run at once.
 //! - WASI with a deny-everything context: no preopened directories, no
 //!   environment or arguments, no network, stdin empty; the guest's stdout and
-//!   stderr go to a capped buffer that is copied into the log, never to the
+//!   stderr go to a capped buffer ([`output`]) copied into the log, never to the
 //!   plugin's stdout (which carries the CNI result).
-//! - Imports are checked against an allow-list at load, by name.
+//! - Imports are checked against an allow-list at load, by name; Ohno's own
+//!   are in [`imports`].
 //! - Precompiled components are cached by sha256 of the component and the
 //!   engine's compatibility hash ([`cache`]).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Strategy, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, Strategy, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::cache;
@@ -36,6 +38,13 @@ use crate::ipam::block::Layout;
 use crate::ipam::cidr::{from_u128, to_u128};
 use crate::ipam::Allocator;
 use crate::store::Kv;
+
+mod deadline;
+mod imports;
+mod limits;
+mod output;
+
+use deadline::Ticker;
 
 /// The one `bindgen!`: Rust types and traits for the `policy` world.
 mod bindings {
@@ -55,16 +64,13 @@ pub const WIT_PACKAGE: &str = "ohno:policy";
 pub const WIT_VERSION: &str = "0.1.0";
 const WIT_COMPATIBLE: &str = "0.1.";
 
-/// Bytes of guest stdout/stderr kept per stream per ADD (copied to the log).
-const OUTPUT_CAP: usize = 64 * 1024;
 /// The bound on the wasm stack.
 const MAX_WASM_STACK: usize = 512 * 1024;
 
 /// The host's own interfaces a component may import.
 const OWN_IMPORTS: &[&str] = &["ohno:policy/host@0.1.", "ohno:policy/types@0.1."];
 
-/// Links one WASI interface.
-type LinkWasi<T> = fn(&mut Linker<T>) -> wasmtime::Result<()>;
+use deadline::LinkWasi;
 
 /// Access to the resource table, for the `wasi:io` interfaces.
 struct HasTable;
@@ -164,6 +170,17 @@ pub fn link_wasi<T: WasiView + 'static>(
     component: &Component,
     linker: &mut Linker<T>,
 ) -> wasmtime::Result<()> {
+    link_wasi_with(engine, component, linker, &[])
+}
+
+/// [`link_wasi`], with `own` linked instead of wasmtime-wasi's interfaces of
+/// the same prefix (the sandbox's bounded waits).
+fn link_wasi_with<T: WasiView + 'static>(
+    engine: &Engine,
+    component: &Component,
+    linker: &mut Linker<T>,
+    own: &[(&'static str, LinkWasi<T>)],
+) -> wasmtime::Result<()> {
     let imports: Vec<String> = component
         .component_type()
         .imports(engine)
@@ -171,6 +188,10 @@ pub fn link_wasi<T: WasiView + 'static>(
         .collect();
     for (prefix, link) in wasi_imports::<T>() {
         if imports.iter().any(|i| i.starts_with(prefix)) {
+            let link = own
+                .iter()
+                .find(|(p, _)| *p == prefix)
+                .map_or(link, |(_, l)| *l);
             link(linker)?;
         }
     }
@@ -328,6 +349,16 @@ struct HostState {
     view: HostView,
     /// The policy's file name, for log lines.
     name: String,
+    /// When the running call must end (`None` between calls).
+    deadline: Option<Instant>,
+    /// The log lines this ADD may still write.
+    budget: limits::LogBudget,
+}
+
+impl deadline::HasDeadline for HostState {
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
 }
 
 impl WasiView for HostState {
@@ -360,35 +391,6 @@ fn from_wit_ip(ip: &t::IpAddress) -> IpAddr {
 }
 
 impl bindings::ohno::policy::types::Host for HostState {}
-
-impl bindings::ohno::policy::host::Host for HostState {
-    fn log(&mut self, level: t::Level, message: String) {
-        let level = match level {
-            t::Level::Trace => log::Level::Trace,
-            t::Level::Debug => log::Level::Debug,
-            t::Level::Info => log::Level::Info,
-            t::Level::Warn => log::Level::Warn,
-            t::Level::Error => log::Level::Error,
-        };
-        // Bound what one line can put in the log.
-        let msg: String = message.chars().take(2048).collect();
-        log::log!(level, "policy {}: {msg}", self.name);
-    }
-
-    fn next_free(&mut self, pool: String, after: Option<t::IpAddress>) -> Option<t::IpAddress> {
-        self.view
-            .next_free(&pool, after.as_ref().map(from_wit_ip))
-            .map(to_wit_ip)
-    }
-
-    fn is_free(&mut self, pool: String, address: t::IpAddress) -> bool {
-        self.view.is_free(&pool, from_wit_ip(&address))
-    }
-
-    fn free_count(&mut self, pool: String) -> u64 {
-        self.view.free_count(&pool)
-    }
-}
 
 /// How a component was obtained, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -555,60 +557,31 @@ pub struct WasmPolicy {
     store: Store<HostState>,
     instance: PolicyWorld,
     conf: PolicyConf,
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
+    stdout: output::GuestOutput,
+    stderr: output::GuestOutput,
     /// Guest output already copied to the log.
     logged: (usize, usize),
     /// Set once a fault was tolerated under failurePolicy "default".
     degraded: bool,
-    watchdog: Arc<Watchdog>,
+    ticker: Arc<Ticker>,
     pub cache: CacheOutcome,
 }
 
-/// The wall-clock backstop of a policy's calls: one thread per loaded policy
-/// that bumps the engine's epoch (trapping the running call) when an armed
-/// deadline passes. A bump after the call already returned is harmless: every
-/// call sets its own epoch deadline first.
-struct Watchdog {
-    tx: mpsc::Sender<Option<Instant>>,
-}
-
-impl Watchdog {
-    fn start(engine: Engine) -> Watchdog {
-        let (tx, rx) = mpsc::channel::<Option<Instant>>();
-        // Detached: it ends when the policy (the sender) is dropped.
-        let spawned = std::thread::Builder::new()
-            .name("ohno-policy-watchdog".into())
-            .spawn(move || {
-                let mut deadline: Option<Instant> = None;
-                loop {
-                    let msg = match deadline {
-                        None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                        Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-                    };
-                    match msg {
-                        Ok(next) => deadline = next,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            engine.increment_epoch();
-                            deadline = None;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            log::warn!("policy watchdog thread: {e}; only the fuel budget bounds calls");
-        }
-        Watchdog { tx }
-    }
-
-    fn arm(&self, deadline: Instant) {
-        let _ = self.tx.send(Some(deadline));
-    }
-
-    fn disarm(&self) {
-        let _ = self.tx.send(None);
-    }
+/// Run `f` on `store` before `timeout`: the store's deadline set (every wait
+/// in wasm and in the host ends there) and the engine's ticker armed.
+fn armed<R>(
+    ticker: &Ticker,
+    store: &mut Store<HostState>,
+    timeout: Duration,
+    f: impl FnOnce(&mut Store<HostState>) -> R,
+) -> R {
+    store.data_mut().deadline = Some(Instant::now() + timeout);
+    store.set_epoch_deadline(1);
+    let ticking = ticker.arm();
+    let r = f(store);
+    drop(ticking);
+    store.data_mut().deadline = None;
+    r
 }
 
 /// What every ADD of one policy shares: the engine, the component (from the
@@ -617,10 +590,9 @@ impl Watchdog {
 pub struct Loaded {
     engine: Engine,
     pre: PolicyWorldPre<HostState>,
-    /// One watchdog for every store of this component: their calls never
-    /// overlap (one ADD's calls run one after the other; the policy helper
-    /// runs one call at a time).
-    watchdog: Arc<Watchdog>,
+    /// The engine's one ticker, for every store of this component (each
+    /// store checks its own deadline at the ticks; their calls may overlap).
+    ticker: Arc<Ticker>,
     pub cache: CacheOutcome,
 }
 
@@ -637,16 +609,21 @@ impl Loaded {
         let engine = engine()?;
         let (component, cache) = load_component(&engine, &conf.path, cache_dir)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
-        link_wasi(&engine, &component, &mut linker)
-            .map_err(|e| fault(&name, format!("link WASI: {e:#}")))?;
-        PolicyWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)
+        link_wasi_with(
+            &engine,
+            &component,
+            &mut linker,
+            &deadline::bounded_waits::<HostState>(),
+        )
+        .map_err(|e| fault(&name, format!("link WASI: {e:#}")))?;
+        imports::add_to_linker(&mut linker)
             .map_err(|e| fault(&name, format!("link host imports: {e:#}")))?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(PolicyWorldPre::new)
             .map_err(|e| fault(&name, format!("instantiate: {e:#}")))?;
         Ok(Loaded {
-            watchdog: Arc::new(Watchdog::start(engine.clone())),
+            ticker: Arc::new(Ticker::start(engine.clone())),
             engine,
             pre,
             cache,
@@ -665,8 +642,8 @@ impl WasmPolicy {
     pub fn instantiate(loaded: &Loaded, conf: &PolicyConf, view: HostView) -> Result<WasmPolicy> {
         let name = conf.path.display().to_string();
         let engine = &loaded.engine;
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAP);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAP);
+        let stdout = output::GuestOutput::new();
+        let stderr = output::GuestOutput::new();
         // Deny everything: no preopens, no env, no args, no sockets, empty stdin.
         let wasi = WasiCtxBuilder::new()
             .stdout(stdout.clone())
@@ -674,13 +651,7 @@ impl WasmPolicy {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size((conf.memory_mb as usize).saturating_mul(1 << 20))
-            .instances(16)
-            .tables(16)
-            .memories(4)
-            .trap_on_grow_failure(true)
+            .max_random_size(limits::RANDOM_BYTES)
             .build();
         let file = conf
             .path
@@ -691,25 +662,29 @@ impl WasmPolicy {
             engine,
             HostState {
                 wasi,
-                table: ResourceTable::new(),
-                limits,
+                table: limits::resource_table(),
+                limits: limits::store_limits(conf.memory_mb),
                 view,
                 name: file,
+                deadline: None,
+                budget: limits::LogBudget::default(),
             },
         );
         store.limiter(|s| &mut s.limits);
         store
             .set_fuel(conf.fuel)
             .map_err(|e| fault(&name, format!("set fuel: {e:#}")))?;
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(1);
-        let instance = loaded
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| fault(&name, format!("instantiate: {}", describe_trap(&e, conf))))?;
+        limits::charge_host_calls(&mut store);
+        deadline::watch(&mut store);
+        // Start functions run here: under the deadline like any call.
+        let timeout = Duration::from_millis(conf.timeout_ms);
+        let instance = armed(&loaded.ticker, &mut store, timeout, |store| {
+            loaded.pre.instantiate(store)
+        })
+        .map_err(|e| fault(&name, format!("instantiate: {}", describe_trap(&e, conf))))?;
         let mut p = WasmPolicy {
             name,
-            watchdog: loaded.watchdog.clone(),
+            ticker: loaded.ticker.clone(),
             store,
             instance,
             conf: conf.clone(),
@@ -725,7 +700,7 @@ impl WasmPolicy {
         })?;
         configured.map_err(|e| Error::PolicyFault {
             policy: p.name.clone(),
-            reason: format!("configure: {}", wit_error(&e)),
+            reason: format!("configure: {}", wit_error(e)),
         })?;
         Ok(p)
     }
@@ -738,10 +713,10 @@ impl WasmPolicy {
     ) -> Result<R> {
         let started = Instant::now();
         let timeout = Duration::from_millis(self.conf.timeout_ms);
-        self.store.set_epoch_deadline(1);
-        self.watchdog.arm(started + timeout);
-        let outcome = call(&self.instance, &mut self.store);
-        self.watchdog.disarm();
+        let instance = &self.instance;
+        let outcome = armed(&self.ticker, &mut self.store, timeout, |store| {
+            call(instance, store)
+        });
         self.flush_output();
         log::debug!(
             "policy {}: {what} took {:.3} ms",
@@ -756,18 +731,34 @@ impl WasmPolicy {
         })
     }
 
+    /// Copy the guest's new stdout/stderr lines to the log (at info, within
+    /// the ADD's log budget), and say how many lines the budget dropped.
     fn flush_output(&mut self) {
+        let wanted = log::log_enabled!(log::Level::Info);
         for (pipe, seen, stream) in [
             (&self.stdout, &mut self.logged.0, "stdout"),
             (&self.stderr, &mut self.logged.1, "stderr"),
         ] {
             let all = pipe.contents();
-            if all.len() > *seen {
+            if all.len() > *seen && wanted {
                 for line in String::from_utf8_lossy(&all[*seen..]).lines() {
-                    log::info!("policy {} {stream}: {line}", self.name);
+                    if self.store.data_mut().budget.take() {
+                        let line = limits::bounded(line, limits::LINE_BYTES);
+                        log::info!("policy {} {stream}: {line}", self.name);
+                    }
                 }
-                *seen = all.len();
             }
+            *seen = all.len();
+        }
+        let dropped = self.store.data_mut().budget.take_dropped()
+            + self.stdout.take_discarded()
+            + self.stderr.take_discarded();
+        if dropped > 0 {
+            log::warn!(
+                "policy {}: dropped {dropped} lines (at most {} log lines per ADD)",
+                self.name,
+                limits::LOG_LINES
+            );
         }
     }
 
@@ -798,10 +789,11 @@ pub fn tolerate<T>(conf: &PolicyConf, r: Result<T>, fallback: T) -> Result<T> {
     }
 }
 
-fn wit_error(e: &t::Error) -> String {
+/// A policy's error in words, its message bounded.
+fn wit_error(e: t::Error) -> String {
     match e {
-        t::Error::InvalidConfig(m) => format!("invalid config: {m}"),
-        t::Error::Internal(m) => format!("internal error: {m}"),
+        t::Error::InvalidConfig(m) => format!("invalid config: {}", limits::answered_reason(m)),
+        t::Error::Internal(m) => format!("internal error: {}", limits::answered_reason(m)),
     }
 }
 
@@ -826,16 +818,37 @@ fn describe_trap(e: &wasmtime::Error, conf: &PolicyConf) -> String {
     }
     // The root cause, without the wasm backtrace wasmtime attaches as context.
     let text = e.root_cause().to_string();
-    if text.contains("growing memory")
-        || text.contains("memory minimum size")
-        || text.contains("resource limit")
-    {
+    if text.contains("growing table") || text.contains("table minimum size") {
+        return format!(
+            "exceeded its table limit of {} elements: {text}",
+            limits::TABLE_ELEMENTS
+        );
+    }
+    if text.contains("resource limit exceeded") {
+        return format!("exceeded a sandbox limit (one memory, few tables and instances): {text}");
+    }
+    if text.contains("growing memory") || text.contains("memory minimum size") {
         return format!(
             "exceeded its memory limit of {} MB (memoryMB): {text}",
             conf.memory_mb
         );
     }
     text
+}
+
+/// An allocation answer, its strings bounded: a name too long for any pool is
+/// refused (`Err` says why), a deny reason is cut.
+fn from_wit_allocation(a: t::Allocation) -> std::result::Result<Allocation, String> {
+    let pool = |p| limits::answered_name("pool name", p);
+    Ok(match a {
+        t::Allocation::Default => Allocation::Default,
+        t::Allocation::Pool(p) => Allocation::Pool(pool(p)?),
+        t::Allocation::Address((p, ip)) => Allocation::Address {
+            pool: pool(p)?,
+            address: from_wit_ip(&ip),
+        },
+        t::Allocation::Deny(reason) => Allocation::Deny(limits::answered_reason(reason)),
+    })
 }
 
 fn to_wit_pod(pod: &Pod) -> t::Pod {
@@ -889,15 +902,9 @@ impl Policy for WasmPolicy {
                 inst.ohno_policy_decisions()
                     .call_allocate(store, &wpod, fam, &wpools)
             })
-            .and_then(|r| r.map_err(|e| fault(&name, format!("allocate: {}", wit_error(&e)))))
-            .map(|a| match a {
-                t::Allocation::Default => Allocation::Default,
-                t::Allocation::Pool(p) => Allocation::Pool(p),
-                t::Allocation::Address((pool, ip)) => Allocation::Address {
-                    pool,
-                    address: from_wit_ip(&ip),
-                },
-                t::Allocation::Deny(reason) => Allocation::Deny(reason),
+            .and_then(|r| r.map_err(|e| fault(&name, format!("allocate: {}", wit_error(e)))))
+            .and_then(|a| {
+                from_wit_allocation(a).map_err(|e| fault(&name, format!("allocate: {e}")))
             });
         self.tolerate(answer, Allocation::Default)
     }
@@ -910,11 +917,13 @@ impl Policy for WasmPolicy {
                 inst.ohno_policy_decisions()
                     .call_name_interface(store, &wpod)
             })
-            .and_then(|r| r.map_err(|e| fault(&name, format!("name-interface: {}", wit_error(&e)))))
-            .map(|n| match n {
-                t::Naming::Default => Naming::Default,
-                t::Naming::Name(s) => Naming::Name(s),
-                t::Naming::Deny(reason) => Naming::Deny(reason),
+            .and_then(|r| r.map_err(|e| fault(&name, format!("name-interface: {}", wit_error(e)))))
+            .and_then(|n| match n {
+                t::Naming::Default => Ok(Naming::Default),
+                t::Naming::Name(s) => limits::answered_name("interface name", s)
+                    .map(Naming::Name)
+                    .map_err(|e| fault(&name, format!("name-interface: {e}"))),
+                t::Naming::Deny(reason) => Ok(Naming::Deny(limits::answered_reason(reason))),
             });
         self.tolerate(answer, Naming::Default)
     }
