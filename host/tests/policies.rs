@@ -100,12 +100,14 @@ fn error_text(out: &Output, code: u64) -> String {
     format!("{msg} | {details}")
 }
 
-/// `ohnoctl ARGS`, with TMPDIR in the test's directory (offline runs cache
-/// there): (exit code, stdout, stderr).
+/// `ohnoctl ARGS`, with TMPDIR and HOME in the test's directory (offline runs
+/// cache in `$HOME/.cache/ohno/policy`): (exit code, stdout, stderr).
 fn ohnoctl(tmp: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ohnoctl"))
         .args(args)
         .env("TMPDIR", tmp)
+        .env("HOME", tmp)
+        .env_remove("XDG_CACHE_HOME")
         .output()
         .expect("run ohnoctl");
     (
@@ -267,7 +269,20 @@ fn sticky_statefulset_keeps_the_address_across_readd_and_nodes() {
     assert_eq!(ipv4(&r2), sticky, "{r2}");
     del_ok(&node_a, &second, &conf_a, &args, &r2);
 
-    // Rescheduled on node-b: the same address again.
+    // Rescheduled on node-b: the address lies in node-a's block, which strict
+    // affinity (the default) keeps node-a's alone: refused, naming the block
+    // and its node, and nothing made on node-b.
+    let strict = Pod::new();
+    let out = call(&node_b, "ADD", &strict, &conf_b, &args);
+    let text = error_text(&out, 101);
+    assert!(
+        text.contains("block 10.86.0.0/26") && text.contains("node node-a"),
+        "{out}"
+    );
+    assert!(host_links(&node_b).is_empty(), "{:?}", host_links(&node_b));
+    assert!(strict.ns.link("eth0").is_none(), "{out}");
+    // Without strict affinity the address follows the pod: the same address again.
+    conf_b["ipam"]["strictAffinity"] = json!(false);
     let moved = Pod::new();
     let r3 = add_ok(&node_b, &moved, &conf_b, &args);
     assert_eq!(ipv4(&r3), sticky, "{r3}");
@@ -647,6 +662,376 @@ fn failure_policy_default_falls_back_to_the_built_in_decision() {
     }
 }
 
+// ------------------------------------------------------------------ waits and volume
+
+/// `hostile` in `mode`, with `more` config fields.
+fn hostile_with(mode: &str, more: Value) -> (PathBuf, Value) {
+    let mut config = json!({ "mode": mode });
+    if let (Some(c), Some(m)) = (config.as_object_mut(), more.as_object()) {
+        c.extend(m.clone());
+    }
+    (wasm("hostile"), config)
+}
+
+/// The policy's log lines (at most this many per ADD: the host's budget).
+const LOG_LINES: usize = 100;
+
+/// What a `log-flood` of `written` log lines and as many `println!`s and
+/// `eprintln!`s (two lines each: the text has a newline) leaves in `log`:
+/// [`LOG_LINES`] of them, each escaped in place, no raw control character, no
+/// forged line, and one line counting the rest.
+fn assert_flood_in_log(log: &str, written: usize) {
+    assert!(
+        !log.contains('\u{1b}') && !log.contains('\u{9b}'),
+        "a raw control character in the log:\n{log}"
+    );
+    let theirs: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("hostile.wasm") && l.contains(": line "))
+        .collect();
+    assert_eq!(theirs.len(), LOG_LINES, "{theirs:#?}");
+    for l in &theirs {
+        assert!(
+            l.contains(r"\n2026-01-01T00:00:00.000Z INFO  [ADD forged] \x1b[2J\u{9b}31m owned"),
+            "not escaped: {l}"
+        );
+    }
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01")),
+        "a forged line in the log:\n{log}"
+    );
+    let dropped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("hostile.wasm: dropped"))
+        .collect();
+    assert_eq!(dropped.len(), 1, "{dropped:#?}");
+    let n = 5 * written - LOG_LINES;
+    assert!(
+        dropped[0].contains(&format!("dropped {n} lines")),
+        "{}",
+        dropped[0]
+    );
+}
+
+#[test]
+fn a_policy_waiting_in_a_host_call_fails_at_its_time_limit() {
+    let _cpu = exclusive();
+    require_root();
+    for mode in ["sleep", "poll", "configure-sleep"] {
+        let (file, config) = hostile(mode);
+        let (took, text) = expect_refused(
+            &file,
+            config,
+            |c| {
+                c["policy"]["timeoutMs"] = json!(300);
+                c["policy"]["persistMs"] = json!(0);
+            },
+            true,
+            104,
+            &["exceeded its time limit of 300 ms"],
+        );
+        eprintln!("{mode}: the ADD took {took:?} ({text})");
+        assert!(
+            took < Duration::from_millis(300 + 700),
+            "{mode}: the ADD took {took:?}; timeoutMs is 300"
+        );
+    }
+}
+
+#[test]
+fn a_sleeping_policy_falls_back_under_failure_policy_default() {
+    let _cpu = exclusive();
+    require_root();
+    let node = Node::new();
+    let pod = Pod::new();
+    let (file, config) = hostile("sleep");
+    let mut conf = policy_conf(&node, &file, config);
+    conf["policy"]["failurePolicy"] = json!("default");
+    conf["policy"]["timeoutMs"] = json!(200);
+    conf["policy"]["persistMs"] = json!(0);
+    warm_cache(&node, &file);
+    let started = Instant::now();
+    let r = add_ok(&node, &pod, &conf, "");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(200 + 700),
+        "the ADD took {took:?}"
+    );
+    let (addr, _, gw) = first_ipv4(&r);
+    assert_eq!(Some(u32::from(addr)), gw.map(|g| u32::from(g) + 1), "{r}");
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("failurePolicy is \"default\""))
+        .unwrap_or_else(|| panic!("no fallback in the log:\n{log}"));
+    assert!(line.contains("time limit of 200 ms"), "{line}");
+}
+
+#[test]
+fn hostile_resource_hoarding_stops_at_the_resource_table_limit() {
+    refused("resources", 104, &["resource table has no free keys"]);
+}
+
+#[test]
+fn hostile_random_bytes_are_bounded() {
+    refused(
+        "random",
+        104,
+        &["requested len 1073741824 exceeds limit 65536"],
+    );
+}
+
+#[test]
+fn a_log_flood_is_bounded_escaped_and_counted() {
+    let _cpu = shared();
+    require_root();
+    let node = Node::new();
+    let pod = Pod::new();
+    let (file, config) = hostile_with("log-flood", json!({"count": 2000}));
+    let mut conf = policy_conf(&node, &file, config);
+    conf["policy"]["persistMs"] = json!(0);
+    conf["policy"]["timeoutMs"] = json!(10_000);
+    warm_cache(&node, &file);
+    add_ok(&node, &pod, &conf, "");
+    assert_flood_in_log(&node.log(), 2000);
+}
+
+/// Bytes a giant answer may put on stdout or in the log.
+const BOUNDED: u64 = 16 * 1024;
+
+#[test]
+fn giant_answers_are_bounded_in_the_error_document_and_the_log() {
+    let _cpu = shared();
+    require_root();
+    let file = wasm("hostile");
+    for (mode, code, needle) in [
+        ("giant-pool", 104, "pool name of 52428800 bytes"),
+        ("giant-deny", 103, "(52428800 bytes)"),
+        ("giant-error", 104, "internal error: ggg"),
+        ("giant-name", 104, "interface name of 52428800 bytes"),
+    ] {
+        let node = Node::new();
+        let pod = Pod::new();
+        let mut conf = policy_conf(&node, &file, json!({ "mode": mode }));
+        conf["policy"]["memoryMB"] = json!(256);
+        conf["policy"]["timeoutMs"] = json!(10_000);
+        conf["policy"]["persistMs"] = json!(0);
+        warm_cache(&node, &file);
+        let out = call(&node, "ADD", &pod, &conf, "");
+        let text = error_text(&out, code);
+        assert!(
+            (out.stdout.len() as u64) < BOUNDED,
+            "{mode}: {} bytes on stdout",
+            out.stdout.len()
+        );
+        assert!(text.contains(needle), "{mode}: {text}");
+        let logged = std::fs::metadata(node.log_file()).map_or(0, |m| m.len());
+        assert!(logged < 4 * BOUNDED, "{mode}: a log of {logged} bytes");
+        assert_nothing_left(&node, &pod, &conf, mode);
+    }
+    // One giant log line: cut, and the ADD goes on.
+    let node = Node::new();
+    let pod = Pod::new();
+    let mut conf = policy_conf(&node, &file, json!({ "mode": "giant-log" }));
+    conf["policy"]["memoryMB"] = json!(256);
+    conf["policy"]["persistMs"] = json!(0);
+    add_ok(&node, &pod, &conf, "");
+    let logged = std::fs::metadata(node.log_file()).map_or(0, |m| m.len());
+    assert!(logged < 4 * BOUNDED, "a log of {logged} bytes");
+    assert!(
+        node.log().contains("ggg… (52428800 bytes)"),
+        "{}",
+        node.log()
+    );
+}
+
+#[test]
+fn control_characters_in_the_container_id_are_escaped_in_the_log_tag() {
+    let _cpu = shared();
+    require_root();
+    let node = Node::new();
+    let mut pod = Pod::new();
+    pod.container_id = "c1\u{1b}[2J\n2026-01-01T00:00:00.000Z INFO  forged".into();
+    let conf = node.ohno_conf("1.1.0");
+    let out = call(&node, "ADD", &pod, &conf, "");
+    assert_ne!(out.code, 0, "{out}");
+    let log = node.log();
+    assert!(!log.contains('\u{1b}'), "a raw escape in the log:\n{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01")),
+        "a forged line:\n{log}"
+    );
+    assert!(
+        log.contains(r"[ADD c1\x1b[2J\n2026-01-01T00:00:00.000Z INFO  forged/eth0 pid"),
+        "{log}"
+    );
+}
+
+/// A helper for `hostile` in `mode` (misbehaving only for pod `web-0`), started
+/// by a benign ADD: (node, conf, helper pid, the pod of that ADD).
+fn hostile_helper(mode: &str, more: Value, timeout_ms: u64) -> (Node, Value, i32, Pod) {
+    let node = Node::new();
+    let mut extra = json!({ "only": "web-0" });
+    if let (Some(e), Some(m)) = (extra.as_object_mut(), more.as_object()) {
+        e.extend(m.clone());
+    }
+    let (file, config) = hostile_with(mode, extra);
+    let (mut conf, lock_dir) = with_helper(&node, policy_conf(&node, &file, config));
+    conf["policy"]["timeoutMs"] = json!(timeout_ms);
+    conf["policy"]["persistMs"] = json!(5_000);
+    conf["policy"]["memoryMB"] = json!(256);
+    warm_cache(&node, &file);
+    let starter = Pod::new();
+    add_ok(&node, &starter, &conf, &k8s_args("prod", "starter"));
+    assert!(
+        eventually(Duration::from_secs(10), || helper_pid(&lock_dir, "policy")
+            .is_some()),
+        "{mode}: no policy helper after the first ADD"
+    );
+    let pid = helper_pid(&lock_dir, "policy").expect("helper");
+    (node, conf, pid, starter)
+}
+
+/// A failed ADD of `pod` left nothing: no allocation of its own, no host link
+/// beyond `links` (those of the ADDs before it), no pod interface.
+fn assert_pod_left_nothing(node: &Node, pod: &Pod, conf: &Value, links: &[String], what: &str) {
+    let atts = allocations(node, conf);
+    assert!(
+        !atts
+            .iter()
+            .any(|a| a["containerId"] == pod.container_id.as_str()),
+        "{what}: an allocation left: {atts:?}"
+    );
+    assert_eq!(host_links(node), links, "{what}: host links left");
+    assert_eq!(
+        pod.ns.link_names(),
+        vec!["lo".to_owned()],
+        "{what}: pod interfaces left"
+    );
+}
+
+/// The helper that served the hostile ADD serves a benign one normally, and
+/// is the same process; nothing fell back to an in-process load.
+fn assert_helper_serves_on(node: &Node, conf: &Value, pid: i32, what: &str) {
+    let lock_dir = PathBuf::from(conf["ipam"]["lockDir"].as_str().unwrap_or_default());
+    let pod = Pod::new();
+    let r = add_ok(node, &pod, conf, &k8s_args("prod", "web-1"));
+    assert!(
+        in_subnet(ipv4(&r), [10, 85, 0, 0].into(), 16),
+        "{what}: {r}"
+    );
+    assert_eq!(
+        helper_pid(&lock_dir, "policy"),
+        Some(pid),
+        "{what}: the helper did not survive"
+    );
+    let log = node.log();
+    assert!(
+        log.matches("hostile.wasm: through the helper at").count() >= 2,
+        "{what}: the ADDs did not go through the helper:\n{log}"
+    );
+    assert!(
+        !log.contains("loading the policy here"),
+        "{what}: an ADD fell back to an in-process load:\n{log}"
+    );
+}
+
+#[test]
+fn the_policy_helper_cuts_waits_at_the_time_limit_and_serves_the_next_add() {
+    let _cpu = exclusive();
+    require_root();
+    for mode in ["sleep", "poll"] {
+        let (node, conf, pid, _starter) = hostile_helper(mode, json!({}), 300);
+        let links = host_links(&node);
+        let pod = Pod::new();
+        let started = Instant::now();
+        let out = call(&node, "ADD", &pod, &conf, &k8s_args("prod", "web-0"));
+        let took = started.elapsed();
+        let text = error_text(&out, 104);
+        assert!(
+            text.contains("exceeded its time limit of 300 ms"),
+            "{mode}: {text}"
+        );
+        assert!(
+            took < Duration::from_millis(300 + 700),
+            "{mode}: the ADD took {took:?}; timeoutMs is 300"
+        );
+        assert_pod_left_nothing(&node, &pod, &conf, &links, mode);
+        assert_helper_serves_on(&node, &conf, pid, mode);
+    }
+}
+
+#[test]
+fn the_policy_helper_bounds_log_floods_and_giant_answers() {
+    let _cpu = shared();
+    require_root();
+    let (node, conf, pid, _starter) = hostile_helper("log-flood", json!({"count": 2000}), 10_000);
+    add_ok(&node, &Pod::new(), &conf, &k8s_args("prod", "web-0"));
+    assert_flood_in_log(&node.log(), 2000);
+    assert_helper_serves_on(&node, &conf, pid, "log-flood");
+
+    let (node, conf, pid, _starter) = hostile_helper("giant-deny", json!({}), 10_000);
+    let links = host_links(&node);
+    let pod = Pod::new();
+    let out = call(&node, "ADD", &pod, &conf, &k8s_args("prod", "web-0"));
+    let text = error_text(&out, 103);
+    assert!(text.contains("(52428800 bytes)"), "{text}");
+    assert!(
+        (out.stdout.len() as u64) < BOUNDED,
+        "{} bytes",
+        out.stdout.len()
+    );
+    assert_pod_left_nothing(&node, &pod, &conf, &links, "giant-deny");
+    assert_helper_serves_on(&node, &conf, pid, "giant-deny");
+}
+
+#[test]
+fn the_policy_helper_runs_the_calls_of_concurrent_adds_at_once() {
+    let _cpu = exclusive();
+    require_root();
+    let timeout = Duration::from_millis(1500);
+    let (node, conf, pid, _starter) = hostile_helper("sleep", json!({}), 1500);
+    let (sleepers, benign) = std::thread::scope(|s| {
+        let sleepers: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let pod = Pod::new();
+                    let started = Instant::now();
+                    let out = call(&node, "ADD", &pod, &conf, &k8s_args("prod", "web-0"));
+                    (started.elapsed(), error_text(&out, 104))
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let pod = Pod::new();
+        let started = Instant::now();
+        add_ok(&node, &pod, &conf, &k8s_args("prod", "web-9"));
+        let benign = started.elapsed();
+        let sleepers: Vec<(Duration, String)> = sleepers
+            .into_iter()
+            .map(|h| h.join().expect("a sleeping ADD"))
+            .collect();
+        (sleepers, benign)
+    });
+    eprintln!("benign ADD beside three sleeping ones: {benign:?}; sleepers: {sleepers:?}");
+    // Serialized, the benign ADD would wait for a sleeper's whole timeout.
+    assert!(
+        benign < timeout - Duration::from_millis(300),
+        "the benign ADD took {benign:?} beside sleeping ones (timeoutMs 1500)"
+    );
+    for (took, text) in &sleepers {
+        assert!(
+            text.contains("exceeded its time limit of 1500 ms"),
+            "{text}"
+        );
+        assert!(
+            *took < timeout + Duration::from_millis(1000),
+            "a sleeping ADD took {took:?}: the calls were serialized"
+        );
+    }
+    assert_helper_serves_on(&node, &conf, pid, "concurrent sleepers");
+}
+
 // ------------------------------------------------------------------ cache
 
 #[test]
@@ -1011,6 +1396,107 @@ fn ohnoctl_policy_check_lists_exports_and_refuses_sockets() {
     );
     assert_ne!(code, 0, "{stdout}{stderr}");
     assert!(stderr.contains("0.1.x"), "{stdout}{stderr}");
+}
+
+/// `ohnoctl policy check FILE` with exactly `env` (and PATH): (exit code,
+/// stdout, stderr).
+fn ohnoctl_check_with_env(file: &Path, env: &[(&str, &Path)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ohnoctl"));
+    cmd.args(["policy", "check", &file.to_string_lossy()])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run ohnoctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ohnoctl_caches_offline_runs_privately_for_its_user_and_never_in_tmp() {
+    let _cpu = shared();
+    require_root();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new();
+    let (home, tmp) = (dir.path().join("home"), dir.path().join("tmp"));
+    for d in [&home, &tmp] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let file = wasm("pod_ifname");
+    let mode = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.mode() & 0o7777);
+    let cwasm_count = |d: &Path| {
+        std::fs::read_dir(d).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+                .count()
+        })
+    };
+
+    // $HOME/.cache/ohno/policy, each directory made 0700; nothing in TMPDIR.
+    let private = home.join(".cache/ohno/policy");
+    let (code, stdout, stderr) =
+        ohnoctl_check_with_env(&file, &[("HOME", &home), ("TMPDIR", &tmp)]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("cache:     {}\n", private.display())),
+        "{stdout}{stderr}"
+    );
+    for d in [".cache", ".cache/ohno", ".cache/ohno/policy"] {
+        assert_eq!(mode(&home.join(d)).ok(), Some(0o700), "{d}");
+    }
+    let entry = only_entry(&private);
+    assert_eq!(mode(&entry).ok(), Some(0o600));
+    assert_eq!(
+        std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0),
+        0,
+        "ohnoctl wrote into TMPDIR"
+    );
+
+    // $XDG_CACHE_HOME first.
+    let xdg = dir.path().join("xdg");
+    let (code, stdout, stderr) = ohnoctl_check_with_env(
+        &file,
+        &[("HOME", &home), ("XDG_CACHE_HOME", &xdg), ("TMPDIR", &tmp)],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "cache:     {}\n",
+            xdg.join("ohno/policy").display()
+        )),
+        "{stdout}"
+    );
+    only_entry(&xdg.join("ohno/policy"));
+
+    // A private cache that another user took over (or pre-created) is not
+    // used: the check still works, compiled in memory, and says why.
+    std::os::unix::fs::chown(&private, Some(65534), Some(65534)).expect("chown");
+    std::fs::remove_file(&entry).expect("remove the entry");
+    let (code, stdout, stderr) =
+        ohnoctl_check_with_env(&file, &[("HOME", &home), ("TMPDIR", &tmp)]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("cache:     none (") && stdout.contains("owned by uid 65534"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("configure: ok"), "{stdout}");
+    assert_eq!(cwasm_count(&private), 0, "an entry was written");
+    // So is one group or others can write.
+    std::os::unix::fs::chown(&private, Some(0), Some(0)).expect("chown");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (_, stdout, _) = ohnoctl_check_with_env(&file, &[("HOME", &home), ("TMPDIR", &tmp)]);
+    assert!(stdout.contains("writable by group or others"), "{stdout}");
+    assert_eq!(cwasm_count(&private), 0, "an entry was written");
+
+    // Without a home there is no cache at all, and no directory anywhere.
+    let (code, stdout, stderr) = ohnoctl_check_with_env(&file, &[("TMPDIR", &tmp)]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("cache:     none ("), "{stdout}");
+    assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0);
 }
 
 /// `ohnoctl policy test FILE --pod P --pools Q --config C`, parsed.
