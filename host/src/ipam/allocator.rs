@@ -645,20 +645,33 @@ impl<'a> Allocator<'a> {
             });
         }
         let block_key = self.keys.block(&pool.name, &block);
-        let guard = match self.kv.get(&block_key)? {
-            Some(kv) => Compare::ModRevision(block_key, kv.mod_revision),
+        let claimed = match self.kv.get(&block_key)? {
+            Some(kv) => kv,
             None => {
                 self.claim(pool, &block)?;
-                match self.kv.get(&block_key)? {
-                    Some(kv) => Compare::ModRevision(block_key, kv.mod_revision),
-                    None => {
-                        return Err(Error::TryAgainLater(format!(
-                            "block {block} vanished while claiming it"
-                        )))
-                    }
-                }
+                self.kv.get(&block_key)?.ok_or_else(|| {
+                    Error::TryAgainLater(format!("block {block} vanished while claiming it"))
+                })?
             }
         };
+        // Under strict affinity a node hands out addresses of its own blocks only:
+        // an address of another node's block would put that block's gateway on
+        // this node's bridge too. The guard below holds the block's owner to what
+        // was read here.
+        if self.strict_affinity {
+            let holder: BlockRecord = decode(&claimed)?;
+            if holder.node != self.node {
+                return Err(Error::AddressUnavailable {
+                    address: ip.to_string(),
+                    msg: format!(
+                        "it lies in block {block} of pool {:?}, which belongs to node {}; \
+                         with strictAffinity node {} hands out addresses of its own blocks only",
+                        pool.name, holder.node, self.node
+                    ),
+                });
+            }
+        }
+        let guard = Compare::ModRevision(block_key, claimed.mod_revision);
         Ok(Pick {
             pool: pool.name.clone(),
             block,
@@ -1458,7 +1471,44 @@ pub(crate) mod suite {
         assert!(lax.own_blocks(&p).unwrap().is_empty());
     }
 
+    pub fn requested_address_in_another_nodes_block_needs_lax_affinity(kv: &dyn Kv) {
+        let p = pool("default", "10.85.0.0/16", 26);
+        let a = Allocator::new(kv, "/ohno", "node-a");
+        let ra = a
+            .allocate(&owner("a1", "node-a"), &[Want::any(&p)])
+            .unwrap();
+        let block = ra.ips[0].block.clone();
+        let base: std::net::Ipv4Addr = block.split('/').next().unwrap().parse().unwrap();
+        let free = IpAddr::from(std::net::Ipv4Addr::from(u32::from(base) + 20));
+        // node-b asks for a free address of node-a's block: refused (101), naming
+        // the block and its node, and nothing written.
+        let b = Allocator::new(kv, "/ohno", "node-b");
+        let e = b
+            .allocate(&owner("b1", "node-b"), &[Want::exact(&p, free)])
+            .unwrap_err();
+        assert_eq!(e.code(), 101, "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("block {block}")) && text.contains("node node-a"),
+            "{text}"
+        );
+        assert!(b.find(&owner("b1", "node-b").id()).unwrap().is_none());
+        assert!(b.own_blocks(&p).unwrap().is_empty());
+        // node-a itself may have it; without strict affinity node-b may borrow
+        // the next one (the block stays node-a's).
+        let next = IpAddr::from(std::net::Ipv4Addr::from(u32::from(base) + 21));
+        a.allocate(&owner("a2", "node-a"), &[Want::exact(&p, free)])
+            .unwrap();
+        let lax = Allocator::new(kv, "/ohno", "node-b").with_strict_affinity(false);
+        let rb = lax
+            .allocate(&owner("b1", "node-b"), &[Want::exact(&p, next)])
+            .unwrap();
+        assert_eq!(rb.ips[0].block, block);
+        assert!(lax.own_blocks(&p).unwrap().is_empty());
+    }
+
     pub fn run_all(kv_factory: &dyn Fn() -> Box<dyn Kv>) {
+        requested_address_in_another_nodes_block_needs_lax_affinity(&*kv_factory());
         borrowing_only_without_strict_affinity(&*kv_factory());
         allocates_distinct_addresses_from_own_block(&*kv_factory());
         repeated_add_returns_same_addresses(&*kv_factory());
