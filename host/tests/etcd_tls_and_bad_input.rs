@@ -186,3 +186,74 @@ fn pool_that_differs_from_the_stored_definition_is_rejected_naming_the_pool() {
     );
     env.ohno("DEL", &first, &node_a).success();
 }
+
+/// A TLS server (the test's own certificates) that completes the handshake of
+/// its first connection, then closes it under the client's first request; every
+/// later connection it accepts and never answers, not even the handshake.
+const CLOSE_THEN_STALL_SERVER: &str = r#"
+import socket, ssl, sys, time
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+ctx.set_alpn_protocols(["h2"])
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(64)
+print(s.getsockname()[1], flush=True)
+held = []
+c, _ = s.accept()
+try:
+    t = ctx.wrap_socket(c, server_side=True)
+    t.recv(1)
+    time.sleep(0.2)
+    t.close()
+except Exception:
+    c.close()
+while True:
+    c, _ = s.accept()
+    held.append(c)
+"#;
+
+/// A connection closed under a request makes the client probe the TLS session
+/// (to tell a refused certificate from a dropped link); a member that then
+/// accepts and never completes the handshake must not hold the ADD past
+/// `timeoutMs` × `retries`.
+#[test]
+fn a_member_that_stalls_the_tls_probe_is_try_again_later_within_the_budget() {
+    let node = Node::new();
+    let pki = node.dir.path().join("pki");
+    common::run_ok(
+        &repo_root()
+            .join("myclusters/gen-certs.sh")
+            .to_string_lossy(),
+        &[&pki.to_string_lossy()],
+    );
+    let (_server, port) = Background::start(
+        &node.host,
+        &[
+            common::PYTHON,
+            "-c",
+            CLOSE_THEN_STALL_SERVER,
+            &pki.join("etcd.pem").to_string_lossy(),
+            &pki.join("etcd-key.pem").to_string_lossy(),
+        ],
+    );
+    let mut conf = node.ohno_conf("1.1.0");
+    conf["ipam"]["store"] = json!({
+        "type": "etcd", "endpoints": [format!("https://127.0.0.1:{port}")], "prefix": PREFIX,
+        "caFile": pki.join("ca.pem"), "certFile": pki.join("client.pem"),
+        "keyFile": pki.join("client-key.pem"), "timeoutMs": 1000, "retries": 3,
+        "persistMs": 0,
+    });
+    let (out, took) = failed_add(&node, &conf);
+    out.error_with_code(11);
+    assert!(
+        took < STORE_BUDGET + MARGIN,
+        "{out}\nthe stalled probe held the ADD {took:?}, budget {STORE_BUDGET:?} + {MARGIN:?}"
+    );
+    assert!(
+        node.log().contains("failed (attempt 1)"),
+        "the first attempt did not see its connection closed:\n{}",
+        node.log()
+    );
+    eprintln!("stalled TLS probe: 11 after {took:?}");
+}

@@ -18,6 +18,8 @@ use etcd_client::{
     KvClient, TlsOptions, Txn as ETxn, TxnOp, TxnOpResponse,
 };
 
+use tokio::time::Instant;
+
 use super::{Compare, Freshness, KeyValue, Kv, Op, Read, Txn};
 use crate::cni::config::EtcdConf;
 use crate::error::{Error, Result};
@@ -98,7 +100,20 @@ fn closed_by_peer(e: &etcd_client::Error) -> bool {
 /// preface, then a short read. A server that refuses the client certificate
 /// answers with an alert (rustls: "received fatal alert: …"); a healthy one
 /// with its HTTP/2 settings (then `None`).
-async fn tls_probe(endpoint: &str, conf: &EtcdConf) -> Option<String> {
+///
+/// All of it ends by `deadline` (the attempt's own, so the probe never
+/// stretches a call past `timeoutMs` × `retries`): a member that accepts the
+/// connection and never completes the handshake is `None` then, like any
+/// other member that does not answer.
+async fn tls_probe(endpoint: &str, conf: &EtcdConf, deadline: Instant) -> Option<String> {
+    tokio::time::timeout_at(deadline, tls_probe_unbounded(endpoint, conf))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// [`tls_probe`] without its deadline.
+async fn tls_probe_unbounded(endpoint: &str, conf: &EtcdConf) -> Option<String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -240,7 +255,10 @@ impl EtcdStore {
         let timeout = Duration::from_millis(self.conf.timeout_ms);
         let mut last = String::new();
         for attempt in 0..attempts {
-            let (idx, client) = match self.connected(attempt as usize % n) {
+            // Everything one attempt does (connect, request, TLS probe) ends
+            // by its deadline.
+            let deadline = Instant::now() + timeout;
+            let (idx, client) = match self.connected(attempt as usize % n, deadline) {
                 Ok(c) => c,
                 Err(e) => {
                     last = e;
@@ -250,7 +268,7 @@ impl EtcdStore {
             let endpoint = &self.conf.endpoints[idx];
             let outcome = self
                 .rt
-                .block_on(async { tokio::time::timeout(timeout, op(client)).await });
+                .block_on(async { tokio::time::timeout_at(deadline, op(client)).await });
             match outcome {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if is_tls_failure(&e) => {
@@ -263,7 +281,8 @@ impl EtcdStore {
                     // A closed connection on TLS may be a refused certificate
                     // whose alert the request did not see: ask the handshake.
                     if endpoint.starts_with("https://") && closed_by_peer(&e) {
-                        if let Some(why) = self.rt.block_on(tls_probe(endpoint, &self.conf)) {
+                        let probe = tls_probe(endpoint, &self.conf, deadline);
+                        if let Some(why) = self.rt.block_on(probe) {
                             return Err(Error::config(
                                 "ipam.store.caFile/certFile/keyFile",
                                 format!("TLS handshake with {endpoint} failed: {why} (check the CA and the client certificate)"),
@@ -301,8 +320,13 @@ impl EtcdStore {
         )))
     }
 
-    /// The current client, or a new one to endpoint `start + offset`.
-    fn connected(&self, offset: usize) -> std::result::Result<(usize, KvClient), String> {
+    /// The current client, or a new one to endpoint `start + offset`, made by
+    /// `deadline`.
+    fn connected(
+        &self,
+        offset: usize,
+        deadline: Instant,
+    ) -> std::result::Result<(usize, KvClient), String> {
         let mut slot = self.slot();
         if let Some((i, c)) = slot.as_ref() {
             return Ok((*i, c.clone()));
@@ -312,7 +336,16 @@ impl EtcdStore {
         let opts = self.options.clone();
         let client = self
             .rt
-            .block_on(async { Client::connect([endpoint.as_str()], Some(opts)).await })
+            .block_on(async {
+                tokio::time::timeout_at(deadline, Client::connect([endpoint.as_str()], Some(opts)))
+                    .await
+            })
+            .map_err(|_| {
+                format!(
+                    "{endpoint}: connect: no answer within {} ms",
+                    self.conf.timeout_ms
+                )
+            })?
             .map_err(|e| format!("{endpoint}: connect: {}", chain(&e)))?;
         let kv = client.kv_client();
         *slot = Some((idx, kv.clone()));
