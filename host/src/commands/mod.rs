@@ -106,8 +106,12 @@ pub fn run(stdin: &[u8]) -> Result<Option<Value>> {
     }
     let conf = NetConf::parse(stdin, &env.args.ips)?;
     require_version(env.command, conf.version())?;
-    // Before any verb creates or opens a file in them.
-    crate::nodefs::check_conf(&conf)?;
+    // Before any verb creates or opens a file in them. STATUS reports what
+    // would fail an ADD as "not available" (50), the runtime's readiness signal.
+    crate::nodefs::check_conf(&conf).map_err(|e| match env.command {
+        Command::Status => Error::NotAvailable(e.to_string()),
+        _ => e,
+    })?;
     let inv = Invocation { env, conf };
     match inv.env.command {
         Command::Add => add::run(&inv).map(Some),

@@ -263,9 +263,7 @@ impl Kv for Remote {
         self.ask(
             Request::TxnOrRead(txn.clone(), reads.to_vec()),
             |r| match r {
-                Reply::TxnOrRead(v) if v.as_ref().is_none_or(|v| v.len() == reads.len()) => {
-                    Some(v)
-                }
+                Reply::TxnOrRead(v) if v.as_ref().is_none_or(|v| v.len() == reads.len()) => Some(v),
                 _ => None,
             },
             |kv| kv.txn_or_read(txn, reads),
