@@ -187,6 +187,20 @@ pub fn receive<T: for<'de> Deserialize<'de>>(s: &mut impl std::io::Read) -> std:
     serde_json::from_slice(&body).map_err(invalid)
 }
 
+/// The `Debug` text of `v`, cut to a length fit for an error message.
+pub fn bounded_debug(v: &impl std::fmt::Debug) -> String {
+    const MAX: usize = 200;
+    let text = format!("{v:?}");
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 /// Whether the I/O error is a timeout (the peer did not answer in time).
 pub fn timed_out(e: &std::io::Error) -> bool {
     matches!(

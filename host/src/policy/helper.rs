@@ -249,7 +249,8 @@ impl Remote {
                 }
                 Some(other) => {
                     return Err(Error::Store(format!(
-                        "the policy helper opened with {other:?}"
+                        "the policy helper opened with {}",
+                        crate::helper::bounded_debug(&other)
                     )))
                 }
                 None => return Ok(None),
@@ -281,7 +282,8 @@ impl Policy for Remote {
             Some(Reply::Allocation(a)) => Ok(a),
             Some(Reply::Failed(e)) => Err(e.into()),
             Some(other) => Err(Error::Store(format!(
-                "the policy helper answered allocate with {other:?}"
+                "the policy helper answered allocate with {}",
+                crate::helper::bounded_debug(&other)
             ))),
             None => self.local()?.allocate(pod, family, pools),
         }
@@ -292,7 +294,8 @@ impl Policy for Remote {
             Some(Reply::Naming(n)) => Ok(n),
             Some(Reply::Failed(e)) => Err(e.into()),
             Some(other) => Err(Error::Store(format!(
-                "the policy helper answered name-interface with {other:?}"
+                "the policy helper answered name-interface with {}",
+                crate::helper::bounded_debug(&other)
             ))),
             None => self.local()?.name_interface(pod),
         }

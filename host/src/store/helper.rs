@@ -200,11 +200,11 @@ impl Remote {
             Some(Reply::Failed(e)) => Err(e.into()),
             Some(reply) => {
                 // Only the start of each: a reply can be megabytes of keys.
-                let what = bounded_debug(&reply);
+                let what = crate::helper::bounded_debug(&reply);
                 pick(reply).ok_or_else(|| {
                     Error::Store(format!(
                         "the etcd helper answered {} with {what}",
-                        bounded_debug(&req)
+                        crate::helper::bounded_debug(&req)
                     ))
                 })
             }
@@ -277,20 +277,6 @@ impl Kv for Remote {
             |kv| kv.ping(),
         )
     }
-}
-
-/// The `Debug` text of `v`, cut to a length fit for an error message.
-fn bounded_debug(v: &impl std::fmt::Debug) -> String {
-    const MAX: usize = 200;
-    let text = format!("{v:?}");
-    if text.len() <= MAX {
-        return text;
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// Run one request on `kv`.
