@@ -1,8 +1,9 @@
 //! WebAssembly policies through the real binaries: the example policies
 //! (`namespace-pools`, `sticky-statefulset`, `pod-ifname`, `no-quick-reuse`),
 //! the hostile fixtures (every misbehaviour fails the ADD cleanly, or falls back
-//! to the built-in decision with failurePolicy "default"), the precompile cache,
-//! and `ohnoctl policy check|test`.
+//! to the built-in decision with failurePolicy "default"), copies of `hostile`
+//! made by binary surgery ([`wasm_surgery`]) that break the store's limits at
+//! instantiation, the precompile cache, and `ohnoctl policy check|test`.
 //!
 //! Each test has its own throwaway host namespace, pod namespaces and temp
 //! directory; `policy.cacheDir` is inside that directory. The components are
@@ -13,6 +14,7 @@
 //! do not compile components beside it.
 
 mod common;
+mod wasm_surgery;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -628,6 +630,27 @@ fn a_missing_component_is_a_fault_naming_the_path() {
     expect_refused(&missing, Value::Null, |_| {}, false, 104, &["read"]);
 }
 
+/// The ADD of `pod` that answered `r` under failurePolicy "default" got the
+/// built-in decision (the first free address of the block, `taken` addresses
+/// after the gateway being held already; on the pod's eth0); returns the last
+/// line of the log saying why.
+fn assert_built_in_decision(node: &Node, pod: &Pod, r: &Value, taken: u32, what: &str) -> String {
+    let (addr, _, gw) = first_ipv4(r);
+    assert!(in_subnet(addr, [10, 85, 0, 0].into(), 16), "{what}: {r}");
+    assert_eq!(
+        Some(u32::from(addr)),
+        gw.map(|g| u32::from(g) + 1 + taken),
+        "{what}: {r}"
+    );
+    assert_eq!(pod.ns.ipv4_addrs("eth0")[0].0, addr, "{what}");
+    let log = node.log();
+    log.lines()
+        .rev()
+        .find(|l| l.contains("failurePolicy is \"default\""))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{what}: no fallback in the log:\n{log}"))
+}
+
 #[test]
 fn failure_policy_default_falls_back_to_the_built_in_decision() {
     let _cpu = shared();
@@ -643,20 +666,7 @@ fn failure_policy_default_falls_back_to_the_built_in_decision() {
         conf["policy"]["fuel"] = json!(1_000_000_000_000u64);
         warm_cache(&node, &file);
         let r = add_ok(&node, &pod, &conf, "");
-        let (addr, _, gw) = first_ipv4(&r);
-        assert!(in_subnet(addr, [10, 85, 0, 0].into(), 16), "{mode}: {r}");
-        // The built-in decision: the first free address of the block.
-        assert_eq!(
-            Some(u32::from(addr)),
-            gw.map(|g| u32::from(g) + 1),
-            "{mode}: {r}"
-        );
-        assert_eq!(pod.ns.ipv4_addrs("eth0")[0].0, addr);
-        let log = node.log();
-        let line = log
-            .lines()
-            .find(|l| l.contains("failurePolicy is \"default\""))
-            .unwrap_or_else(|| panic!("{mode}: no fallback in the log:\n{log}"));
+        let line = assert_built_in_decision(&node, &pod, &r, 0, mode);
         assert!(line.contains(fault), "{mode}: {line}");
         assert!(line.contains("hostile.wasm"), "{mode}: {line}");
     }
@@ -757,13 +767,7 @@ fn a_sleeping_policy_falls_back_under_failure_policy_default() {
         took < Duration::from_millis(200 + 700),
         "the ADD took {took:?}"
     );
-    let (addr, _, gw) = first_ipv4(&r);
-    assert_eq!(Some(u32::from(addr)), gw.map(|g| u32::from(g) + 1), "{r}");
-    let log = node.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("failurePolicy is \"default\""))
-        .unwrap_or_else(|| panic!("no fallback in the log:\n{log}"));
+    let line = assert_built_in_decision(&node, &pod, &r, 0, "sleep");
     assert!(line.contains("time limit of 200 ms"), "{line}");
 }
 
@@ -1030,6 +1034,217 @@ fn the_policy_helper_runs_the_calls_of_concurrent_adds_at_once() {
         );
     }
     assert_helper_serves_on(&node, &conf, pid, "concurrent sleepers");
+}
+
+// ------------------------------------------------------------------ store limits
+
+/// How long an ADD refused at instantiation may take: process start, the
+/// cached component, and the refusal. A tenth of the `timeoutMs` the tests
+/// set, so the limit, not the clock, is what refuses it.
+const REFUSED_WITHIN: Duration = Duration::from_millis(1000);
+
+/// The sandbox's limits that hold at instantiation, each broken by a copy of
+/// `hostile.wasm` (the Rust toolchain builds no such component; see
+/// `wasm_surgery`), written to `dir`: (file, what the ADD's error says).
+/// - `second_memory.wasm`: its main core module defines one more memory (one
+///   page); a store may have one.
+/// - `huge_table.wasm`: its main core module's function table starts at
+///   200 000 elements; a table may have 100 000.
+fn limit_fixtures(dir: &Path) -> Vec<(PathBuf, &'static [&'static str])> {
+    let hostile = std::fs::read(wasm("hostile")).expect("read hostile.wasm");
+    let (memories, table) = wasm_surgery::main_module_shape(&hostile);
+    let second_memory = wasm_surgery::with_second_memory(&hostile);
+    assert_eq!(
+        wasm_surgery::main_module_shape(&second_memory),
+        (memories + 1, table)
+    );
+    let huge_table = wasm_surgery::with_table_min(&hostile, 200_000);
+    assert_eq!(
+        wasm_surgery::main_module_shape(&huge_table),
+        (memories, Some((200_000, None)))
+    );
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    };
+    vec![
+        (
+            write("second_memory.wasm", &second_memory),
+            &[
+                "instantiate: exceeded a sandbox limit (one memory, few tables and instances)",
+                "memory count too high at 2",
+            ],
+        ),
+        (
+            write("huge_table.wasm", &huge_table),
+            &[
+                "instantiate: exceeded its table limit of 100000 elements",
+                "growing table to 200000 elements",
+            ],
+        ),
+    ]
+}
+
+/// The file name of `path`, for messages and log lines.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn assert_says(text: &str, needles: &[&str], what: &str) {
+    for needle in needles {
+        assert!(
+            text.contains(needle),
+            "{what}: expected {needle:?} in\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_second_memory_or_a_huge_table_fails_the_add_at_instantiation() {
+    let _cpu = exclusive();
+    require_root();
+    let dir = TempDir::new();
+    for (file, needles) in limit_fixtures(dir.path()) {
+        let what = file_name(&file);
+        let config = json!({"mode": "ok"});
+        let (took, text) = expect_refused(
+            &file,
+            config.clone(),
+            |c| c["policy"]["persistMs"] = json!(0),
+            true,
+            104,
+            needles,
+        );
+        assert_says(&text, needles, &what);
+        assert!(took < REFUSED_WITHIN, "{what}: the ADD took {took:?}");
+
+        let node = Node::new();
+        let pod = Pod::new();
+        let mut conf = policy_conf(&node, &file, config);
+        conf["policy"]["failurePolicy"] = json!("default");
+        conf["policy"]["persistMs"] = json!(0);
+        warm_cache(&node, &file);
+        let r = add_ok(&node, &pod, &conf, "");
+        let line = assert_built_in_decision(&node, &pod, &r, 0, &what);
+        assert_says(&line, needles, &what);
+    }
+}
+
+/// A node whose policy is `file` through the helper (`persistMs` 5 s,
+/// `timeoutMs` 10 s, `failurePolicy` as given): (node, conf, lock dir).
+fn helper_node(file: &Path, failure_policy: &str) -> (Node, Value, PathBuf) {
+    let node = Node::new();
+    let conf = policy_conf(&node, file, json!({"mode": "ok"}));
+    let (mut conf, lock_dir) = with_helper(&node, conf);
+    conf["policy"]["timeoutMs"] = json!(10_000);
+    conf["policy"]["persistMs"] = json!(5_000);
+    conf["policy"]["failurePolicy"] = json!(failure_policy);
+    warm_cache(&node, file);
+    (node, conf, lock_dir)
+}
+
+/// The helper in `lock_dir`, once the node's first ADD started it.
+fn started_helper(lock_dir: &Path, what: &str) -> i32 {
+    assert!(
+        eventually(Duration::from_secs(10), || helper_pid(lock_dir, "policy")
+            .is_some()),
+        "{what}: no policy helper after the first ADD"
+    );
+    helper_pid(lock_dir, "policy").expect("helper")
+}
+
+/// Whether `pid` is still a policy helper.
+fn is_policy_helper(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.starts_with(b"ohno-policy-helper\0"))
+}
+
+#[test]
+fn the_policy_helper_refuses_a_second_memory_or_a_huge_table_and_serves_on() {
+    let _cpu = exclusive();
+    require_root();
+    let dir = TempDir::new();
+    for (file, needles) in limit_fixtures(dir.path()) {
+        let what = file_name(&file);
+        let (node, conf, lock_dir) = helper_node(&file, "fail");
+        // The first ADD loads the component itself (refused the same way) and
+        // starts the helper.
+        let first = Pod::new();
+        let text = error_text(&call(&node, "ADD", &first, &conf, ""), 104);
+        assert_says(&text, needles, &what);
+        let pid = started_helper(&lock_dir, &what);
+        // Each ADD through the helper gets a fresh store, refused at the same
+        // limit; the helper stays.
+        for _ in 0..2 {
+            let pod = Pod::new();
+            let started = Instant::now();
+            let out = call(&node, "ADD", &pod, &conf, "");
+            let took = started.elapsed();
+            let text = error_text(&out, 104);
+            assert_says(&text, needles, &what);
+            assert!(
+                took < REFUSED_WITHIN,
+                "{what}: the ADD through the helper took {took:?}"
+            );
+            assert_nothing_left(&node, &pod, &conf, &what);
+            assert_eq!(
+                helper_pid(&lock_dir, "policy"),
+                Some(pid),
+                "{what}: the helper did not survive"
+            );
+        }
+        let log = node.log();
+        assert_eq!(
+            log.matches(&format!("{what}: through the helper at"))
+                .count(),
+            2,
+            "{what}: the ADDs did not go through the helper:\n{log}"
+        );
+        assert!(
+            !log.contains("loading the policy here"),
+            "{what}: an ADD fell back to an in-process load:\n{log}"
+        );
+        // A benign ADD on the node (the unmodified component, its own helper)
+        // is served normally, beside the helper that refuses.
+        let benign = with_helper(
+            &node,
+            policy_conf(&node, &wasm("hostile"), json!({"mode": "ok"})),
+        )
+        .0;
+        let pod = Pod::new();
+        let r = add_ok(&node, &pod, &benign, &k8s_args("prod", "web-1"));
+        assert!(
+            in_subnet(ipv4(&r), [10, 85, 0, 0].into(), 16),
+            "{what}: {r}"
+        );
+        assert_eq!(pod.ns.ipv4_addrs("eth0")[0].0, ipv4(&r), "{what}");
+        assert!(is_policy_helper(pid), "{what}: the refusing helper is gone");
+
+        // failurePolicy "default": the built-in decision, in-process (the
+        // first ADD) and through the helper.
+        let (node, conf, lock_dir) = helper_node(&file, "default");
+        let pod = Pod::new();
+        let r = add_ok(&node, &pod, &conf, "");
+        let line = assert_built_in_decision(&node, &pod, &r, 0, &what);
+        assert_says(&line, needles, &what);
+        started_helper(&lock_dir, &what);
+        let pod = Pod::new();
+        let r = add_ok(&node, &pod, &conf, "");
+        let line = assert_built_in_decision(&node, &pod, &r, 1, &what);
+        assert_says(&line, needles, &what);
+        assert!(
+            line.contains("using the built-in decision"),
+            "{what}: not the helper's refusal: {line}"
+        );
+        assert!(
+            node.log()
+                .contains(&format!("{what}: through the helper at")),
+            "{what}: the second ADD did not go through the helper"
+        );
+    }
 }
 
 // ------------------------------------------------------------------ cache
