@@ -650,7 +650,7 @@ fn breakdown(report: &mut Report) {
         row.push(us(sum));
         row.push(us(p50(&linker_t)));
         row.push(us(p50(&inst_t)));
-        row.push(format!("{}", (payload.bytes().len() + 24) / 1024));
+        row.push(format!("{}", (payload.len() + 24) / 1024));
         t.row(row);
         checkpoint();
     }
@@ -658,9 +658,9 @@ fn breakdown(report: &mut Report) {
         "## 4. Where the load goes\n\n\
          `load_component` with a warm cache, step by step (one engine): read the \
          component file, the cache key (sha256 of the component and the engine's \
-         compatibility hash), read the entry and verify its trailer (length and \
-         checksum) from one descriptor after checking its owner, mode and links, \
-         `Component::deserialize` of those bytes (wasmtime copies them into its code memory), \
+         compatibility hash), read the entry (check the descriptor's owner, mode and \
+         links, copy it into a memfd, seal it, verify length and checksum there), \
+         `cache::deserialize` (wasmtime maps the sealed memfd), \
          `check_contract`. Then the linker every ADD builds (the WASI p2 interfaces the \
          component imports, sync; the \
          plugin adds the ohno:policy host imports to it) and instantiation in a \

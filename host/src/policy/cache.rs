@@ -15,9 +15,10 @@
 //! others cannot write; an entry or an index must be a regular file owned by
 //! the effective uid that group and others cannot write, with one link. Only a
 //! process of that uid (or root) can make such a file in such a directory. An
-//! entry is read into memory from that descriptor once; its checksum is
-//! verified on those bytes and exactly those bytes are deserialized
-//! ([`Verified`], [`deserialize`]): whatever happens to the file after the read
+//! entry's payload is copied once from that descriptor into a memfd, the memfd
+//! sealed (nothing can write, grow or shrink it any more), and its length and
+//! checksum verified on the sealed copy, which is what wasmtime maps
+//! ([`Verified`], [`deserialize`]): whatever happens to the file after the copy
 //! changes nothing. The checksum catches truncation and corruption; the checks
 //! above are what stop an attacker.
 //!
@@ -47,7 +48,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{FcntlArg, OFlag, SealFlag};
+use nix::sys::memfd::MFdFlags;
 use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -227,16 +229,72 @@ pub fn checksum(payload: &[u8]) -> u64 {
     h ^ payload.len() as u64
 }
 
-/// The length of the payload of a raw entry, if its trailer and checksum hold.
-fn payload_len(raw: &[u8]) -> Option<usize> {
-    let body = raw.len().checked_sub(TRAILER)?;
-    let (payload, trailer) = raw.split_at(body);
-    if &trailer[..8] != MAGIC {
-        return None;
+/// [`checksum`] over a payload that arrives in pieces.
+struct Checksum {
+    lanes: [u64; 4],
+    /// Bytes short of a 32-byte block.
+    pending: [u8; 32],
+    npending: usize,
+    len: u64,
+}
+
+impl Checksum {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    fn new() -> Checksum {
+        Checksum {
+            lanes: [
+                0xcbf2_9ce4_8422_2325,
+                0x8422_2325_cbf2_9ce4,
+                0x9ce4_8422_2325_cbf2,
+                0x2325_cbf2_9ce4_8422,
+            ],
+            pending: [0; 32],
+            npending: 0,
+            len: 0,
+        }
     }
-    let len = u64::from_le_bytes(trailer[8..16].try_into().ok()?);
-    let sum = u64::from_le_bytes(trailer[16..24].try_into().ok()?);
-    (payload.len() as u64 == len && checksum(payload) == sum).then_some(body)
+
+    fn block(&mut self, block: &[u8]) {
+        for (lane, w) in self.lanes.iter_mut().zip(block.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            *lane = (*lane ^ u64::from_le_bytes(b)).wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        self.len += data.len() as u64;
+        if self.npending > 0 {
+            let take = (32 - self.npending).min(data.len());
+            self.pending[self.npending..self.npending + take].copy_from_slice(&data[..take]);
+            self.npending += take;
+            data = &data[take..];
+            if self.npending < 32 {
+                return;
+            }
+            let block = self.pending;
+            self.block(&block);
+            self.npending = 0;
+        }
+        let mut blocks = data.chunks_exact(32);
+        for b in &mut blocks {
+            self.block(b);
+        }
+        let rest = blocks.remainder();
+        self.pending[..rest.len()].copy_from_slice(rest);
+        self.npending = rest.len();
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.lanes.iter().fold(0u64, |h, l| {
+            (h ^ l).wrapping_mul(Self::PRIME).rotate_left(23)
+        });
+        for &b in &self.pending[..self.npending] {
+            h = (h ^ u64::from(b)).wrapping_mul(Self::PRIME);
+        }
+        h ^ self.len
+    }
 }
 
 /// The cache key of `component` for `engine`.
@@ -252,27 +310,77 @@ fn is_key(key: &str) -> bool {
     key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// An entry's payload: read once from a descriptor that passed [`check`], its
-/// length and checksum verified on these bytes. The only input [`deserialize`]
-/// takes, so what is loaded is what was verified.
-pub struct Verified(Vec<u8>);
+/// An entry's payload, copied once from a descriptor that passed [`check`]
+/// into a memfd that was then sealed — no write, shrink or grow is possible
+/// any more, through any descriptor — and only then verified (length and
+/// checksum). The only input [`deserialize`] takes: what wasmtime loads is the
+/// verified bytes, whatever happens to the entry's file afterwards.
+///
+/// A memfd rather than a buffer because wasmtime maps a file without copying
+/// (and maps the components' memory images from it): loading from a buffer
+/// costs a copy into fresh pages and a memory image per memory.
+#[derive(Debug)]
+pub struct Verified {
+    memfd: File,
+    len: u64,
+}
 
 impl Verified {
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
+    /// The payload's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The payload, read back from the sealed memfd.
+    pub fn payload(&self) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let len = usize::try_from(self.len)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+        let mut bytes = vec![0u8; len];
+        self.memfd.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
     }
 }
 
-/// Deserialize a verified entry (wasmtime copies it into its own code memory).
+/// Deserialize a verified entry. wasmtime maps the sealed memfd through
+/// `/proc/self/fd` (a name for our descriptor, not for a file in any
+/// directory); without `/proc` the payload is read back and copied in.
 pub fn deserialize(engine: &Engine, entry: &Verified) -> wasmtime::Result<Component> {
-    // SAFETY: the bytes were read from a regular file with one link, owned by
-    // the effective uid and not writable by group or others, in a directory
+    use std::os::fd::AsRawFd;
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", entry.memfd.as_raw_fd()));
+    // SAFETY: the bytes were copied from a regular file with one link, owned
+    // by the effective uid and not writable by group or others, in a directory
     // that is the same: only this uid could have written it, which it does
     // only through `CacheDir::write` with the output of `Component::serialize`
     // for an engine with the same compatibility hash (it is in the key). Their
-    // length and checksum were verified on this very buffer, which nothing
-    // else can reach.
-    unsafe { Component::deserialize(engine, &entry.0) }
+    // length and checksum were verified on the sealed memfd, whose contents
+    // can no longer change, and which is what either call below loads.
+    unsafe {
+        if by_fd.exists() {
+            Component::deserialize_file(engine, &by_fd)
+        } else {
+            Component::deserialize(engine, entry.payload()?)
+        }
+    }
+}
+
+/// The checksum of the first `len` bytes of `file`, read in blocks.
+fn checksum_of(file: &File, len: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut sum = Checksum::new();
+    let mut block = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < len {
+        let want = usize::try_from((len - at).min(block.len() as u64)).unwrap_or(block.len());
+        file.read_exact_at(&mut block[..want], at)?;
+        sum.update(&block[..want]);
+        at += want as u64;
+    }
+    Ok(sum.finish())
 }
 
 /// Distinguishes the temporary files of one process.
@@ -318,17 +426,56 @@ impl CacheDir {
     }
 
     /// Entry `key`: `Ok(None)` when there is none, a [`Refusal`] when the file
-    /// fails the checks or its checksum.
+    /// fails the checks or its checksum. The payload is copied from the checked
+    /// descriptor into a memfd, which is sealed before its contents are
+    /// verified (see [`Verified`]).
     pub fn read(&self, key: &str) -> Result<Option<Verified>, Refusal> {
         if !is_key(key) {
             return Ok(None);
         }
-        let Some(mut raw) = self.read_file(&entry_name(key), MAX_ENTRY)? else {
+        let Some((file, len)) = self.open_checked(&entry_name(key), MAX_ENTRY)? else {
             return Ok(None);
         };
-        let len = payload_len(&raw).ok_or(Refusal::Damaged)?;
-        raw.truncate(len);
-        Ok(Some(Verified(raw)))
+        let payload = len.checked_sub(TRAILER as u64).ok_or(Refusal::Damaged)?;
+        let memfd = File::from(
+            nix::sys::memfd::memfd_create(
+                "ohno-policy-entry",
+                MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+            )
+            .map_err(|e| Refusal::Io(e.into()))?,
+        );
+        // In the kernel (copy_file_range or sendfile): no buffer of ours.
+        let copied = std::io::copy(&mut (&file).take(payload), &mut &memfd).map_err(Refusal::Io)?;
+        let mut trailer = [0u8; TRAILER];
+        match (&file).read_exact(&mut trailer) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(Refusal::Damaged)
+            }
+            Err(e) => return Err(Refusal::Io(e)),
+        }
+        // Shorter or longer than it was at the fstat: changed under us.
+        let more = (&file).read(&mut [0u8; 1]).map_err(Refusal::Io)?;
+        if copied != payload || more != 0 {
+            return Err(Refusal::Damaged);
+        }
+        let seals = SealFlag::F_SEAL_SHRINK
+            | SealFlag::F_SEAL_GROW
+            | SealFlag::F_SEAL_WRITE
+            | SealFlag::F_SEAL_SEAL;
+        nix::fcntl::fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals))
+            .map_err(|e| Refusal::Io(e.into()))?;
+        let sum = checksum_of(&memfd, payload).map_err(Refusal::Io)?;
+        if &trailer[..8] != MAGIC
+            || trailer[8..16] != payload.to_le_bytes()
+            || trailer[16..24] != sum.to_le_bytes()
+        {
+            return Err(Refusal::Damaged);
+        }
+        Ok(Some(Verified {
+            memfd,
+            len: payload,
+        }))
     }
 
     /// Store `payload` as entry `key`, replacing whatever has that name.
@@ -394,10 +541,10 @@ impl CacheDir {
         Ok((key, Some(bytes)))
     }
 
-    /// Open `name` in the directory without following a symbolic link, check
-    /// the descriptor, and read it whole (at most `limit` bytes) from that
-    /// descriptor. `Ok(None)` when there is no such file.
-    fn read_file(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, Refusal> {
+    /// Open `name` in the directory without following a symbolic link and
+    /// check the descriptor: the file and its size (at most `limit`).
+    /// `Ok(None)` when there is no such file.
+    fn open_checked(&self, name: &str, limit: u64) -> Result<Option<(File, u64)>, Refusal> {
         // O_NONBLOCK: opening a FIFO planted under the name does not wait for
         // a writer; it is then refused as not a regular file.
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
@@ -413,7 +560,16 @@ impl CacheDir {
         if meta.len() > limit {
             return Err(Refusal::TooLarge { limit });
         }
-        let mut raw = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        Ok(Some((file, meta.len())))
+    }
+
+    /// Open `name` as [`Self::open_checked`] does and read it whole (at most
+    /// `limit` bytes) from that descriptor.
+    fn read_file(&self, name: &str, limit: u64) -> Result<Option<Vec<u8>>, Refusal> {
+        let Some((file, len)) = self.open_checked(name, limit)? else {
+            return Ok(None);
+        };
+        let mut raw = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         // One more byte than the limit: a file that grew after the fstat is
         // still caught.
         (&file)
@@ -568,6 +724,11 @@ mod tests {
         }
     }
 
+    /// The payload of entry `key`, which must be there and pass.
+    fn payload_of(dir: &CacheDir, key: &str) -> Vec<u8> {
+        dir.read(key).unwrap().unwrap().payload().unwrap()
+    }
+
     /// A key as the cache makes them (64 hex digits) for `tag`.
     fn key_for(tag: &str) -> String {
         Sha256::digest(tag.as_bytes())
@@ -672,6 +833,19 @@ mod tests {
     }
 
     #[test]
+    fn the_checksum_is_the_same_however_the_payload_is_cut() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for len in (0..200).chain([511, 512, 513, 1000]) {
+            let whole = checksum(&data[..len]);
+            for cut in [1, 3, 31, 32, 33, 64, 100, 4096] {
+                let mut sum = Checksum::new();
+                data[..len].chunks(cut).for_each(|c| sum.update(c));
+                assert_eq!(sum.finish(), whole, "len {len} cut {cut}");
+            }
+        }
+    }
+
+    #[test]
     fn entries_round_trip_and_damage_is_refused() {
         let s = Scratch::new("roundtrip");
         let dir = s.cache("c");
@@ -679,7 +853,7 @@ mod tests {
         let k = key_for("roundtrip");
         let path = dir.entry_path(&k);
         dir.write(&k, b"payload bytes").unwrap();
-        assert_eq!(dir.read(&k).unwrap().unwrap().bytes(), b"payload bytes");
+        assert_eq!(payload_of(&dir, &k), b"payload bytes");
         assert_eq!(mode_of(&path), 0o600);
         let raw = std::fs::read(&path).unwrap();
         let damaged = |bytes: &[u8], what: &str| {
@@ -725,7 +899,7 @@ mod tests {
         );
         // The compiled result replaces it.
         dir.write(&k, b"ours").unwrap();
-        assert_eq!(dir.read(&k).unwrap().unwrap().bytes(), b"ours");
+        assert_eq!(payload_of(&dir, &k), b"ours");
     }
 
     #[test]
@@ -768,7 +942,7 @@ mod tests {
             before,
             "written through the link"
         );
-        assert_eq!(dir.read(&k).unwrap().unwrap().bytes(), b"ours");
+        assert_eq!(payload_of(&dir, &k), b"ours");
     }
 
     #[test]
@@ -783,8 +957,8 @@ mod tests {
             assert!(matches!(e, Some(Refusal::Links { links: 2 })), "{e:?}");
         }
         dir.write(&b, b"ours").unwrap();
-        assert_eq!(dir.read(&b).unwrap().unwrap().bytes(), b"ours");
-        assert_eq!(dir.read(&a).unwrap().unwrap().bytes(), b"planted");
+        assert_eq!(payload_of(&dir, &b), b"ours");
+        assert_eq!(payload_of(&dir, &a), b"planted");
     }
 
     #[test]
@@ -822,11 +996,14 @@ mod tests {
             .and_then(|mut f| f.write_all(&vec![0u8; real.len()]))
             .unwrap();
         dir.write(&k, b"not a serialized component").unwrap();
-        assert_eq!(verified.bytes(), &real[..]);
+        assert_eq!(verified.payload().unwrap(), real);
+        // Nothing can change the verified copy, not even through its own
+        // descriptor.
+        assert!((&verified.memfd).write_all(b"x").is_err(), "not sealed");
         deserialize(&e, &verified).expect("the verified bytes load");
         // What is on disk now would be refused by wasmtime if it were loaded.
         let now = dir.read(&k).unwrap().unwrap();
-        assert_eq!(now.bytes(), b"not a serialized component");
+        assert_eq!(now.payload().unwrap(), b"not a serialized component");
         assert!(deserialize(&e, &now).is_err());
     }
 
