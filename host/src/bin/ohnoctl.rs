@@ -238,9 +238,14 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                 wasm::WIT_PACKAGE,
                 wasm::WIT_VERSION
             );
-            let conf = offline_conf(&file, config);
+            let cache = offline_cache();
+            match &cache {
+                Ok(dir) => println!("cache:     {}", dir.display()),
+                Err(why) => println!("cache:     none ({why}; compiled in memory)"),
+            }
+            let conf = offline_conf(&file, config, cache.as_deref().ok());
             let view = offline_view(&[], "node-a")?;
-            wasm::WasmPolicy::load(&conf, view.1)?;
+            offline_load(&conf, cache.as_deref().ok(), view.1)?;
             println!("configure: ok");
             Ok(true)
         }
@@ -268,8 +273,12 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                 .clone();
             let (pool_confs, view) = offline_view(&pools_list, &node)?;
             let pod = offline_pod(&pod_v, &node);
-            let conf = offline_conf(&file, config);
-            let mut policy = wasm::WasmPolicy::load(&conf, view)?;
+            let cache = offline_cache();
+            if let Err(why) = &cache {
+                eprintln!("ohnoctl: no policy cache: {why}; compiling in memory");
+            }
+            let conf = offline_conf(&file, config, cache.as_deref().ok());
+            let mut policy = offline_load(&conf, cache.as_deref().ok(), view)?;
             let naming = match ohno::policy::Policy::name_interface(&mut policy, &pod)? {
                 ohno::policy::Naming::Default => serde_json::json!("default"),
                 ohno::policy::Naming::Name(n) => {
@@ -323,8 +332,37 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
     }
 }
 
-/// A policy config for offline runs: cache in a per-user temp directory.
-fn offline_conf(file: &std::path::Path, config: Value) -> ohno::policy::wasm::PolicyConf {
+/// The cache of `policy check|test`: private to the user running ohnoctl
+/// (`$XDG_CACHE_HOME/ohno/policy`, else `$HOME/.cache/ohno/policy`, created
+/// 0700 and checked as the plugin checks its own), or none (why): never a
+/// shared directory such as /tmp, where another user could plant an entry.
+fn offline_cache() -> std::result::Result<PathBuf, String> {
+    use ohno::policy::cache;
+    let dir = cache::user_cache_dir(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+        .ok_or_else(|| "neither XDG_CACHE_HOME nor HOME is an absolute path".to_string())?;
+    match cache::CacheDir::open(&dir) {
+        Ok(_) => Ok(dir),
+        Err(why) => Err(format!("{} {why}", dir.display())),
+    }
+}
+
+/// Load and configure `conf`'s component through `cache` (or none).
+fn offline_load(
+    conf: &ohno::policy::wasm::PolicyConf,
+    cache: Option<&std::path::Path>,
+    view: ohno::policy::wasm::HostView,
+) -> Result<ohno::policy::wasm::WasmPolicy> {
+    use ohno::policy::wasm;
+    wasm::WasmPolicy::instantiate(&wasm::Loaded::load_cached_in(conf, cache)?, conf, view)
+}
+
+/// A policy config for offline runs; `cache_dir` is [`offline_cache`]'s (with
+/// none, the field is empty and [`offline_load`] is given no cache).
+fn offline_conf(
+    file: &std::path::Path,
+    config: Value,
+    cache_dir: Option<&std::path::Path>,
+) -> ohno::policy::wasm::PolicyConf {
     use ohno::policy::wasm;
     wasm::PolicyConf {
         path: file.to_path_buf(),
@@ -333,7 +371,9 @@ fn offline_conf(file: &std::path::Path, config: Value) -> ohno::policy::wasm::Po
         memory_mb: wasm::DEFAULT_MEMORY_MB,
         fuel: wasm::DEFAULT_FUEL,
         failure_policy: wasm::FailurePolicy::Fail,
-        cache_dir: std::env::temp_dir().join("ohno-policy-cache"),
+        cache_dir: cache_dir
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
         persist_ms: 0,
     }
 }
