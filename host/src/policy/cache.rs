@@ -89,6 +89,8 @@ pub enum Refusal {
         parent: PathBuf,
         reason: Box<Refusal>,
     },
+    #[error("cannot be created: {0}")]
+    Create(std::io::Error),
     #[error("cannot be read: {0}")]
     Io(std::io::Error),
 }
@@ -678,7 +680,7 @@ fn create_missing(path: &Path, euid: u32) -> Result<(), Refusal> {
             Ok(()) => {}
             // Created meanwhile by another ADD: the checks on the descriptor decide.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Refusal::Io(e)),
+            Err(e) => return Err(Refusal::Create(e)),
         }
     }
     Ok(())
