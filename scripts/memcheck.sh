@@ -40,9 +40,9 @@
 #       policy) as `/proc/self/exe` too, so under valgrind it cannot start them.
 #       For the etcd and wasm scenarios the script therefore lets a native ADD
 #       start the helper, takes the helper's start document from its
-#       environment, replaces it with the same helper under memcheck, runs ADD
-#       and DEL under memcheck through it, then removes its socket (the helper
-#       leaves) and checks its log too.
+#       environment, replaces it with the same helper (`ohno --helper KIND`)
+#       under memcheck, runs ADD and DEL under memcheck through it, then removes
+#       its socket (the helper leaves) and checks its log too.
 #
 # Environment: OHNO_BIN (default target/debug/ohno, built here), MEMCHECK_SCENARIOS
 # (default "local etcd wasm"), MEMCHECK_VALGRIND_ARGS (more valgrind options, e.g.
@@ -225,7 +225,7 @@ helper_under_vg() {
     for ((i = 0; i < 50; i++)); do [[ -e /proc/$pid ]] || break; sleep 0.1; done
     rm -f "$sock" # killed, it left its socket behind
     ip netns exec "$HOST" env -i "$var=$doc" "${VG_BASE[@]}" --log-file="$WORK/vg-$scen-helper.log" \
-        "$OHNO_BIN" &
+        "$OHNO_BIN" --helper "$kind" &
     hpid=$!
     for ((i = 0; i < 600; i++)); do [[ -S $sock ]] && break; sleep 0.1; done
     # Another pod name: the wasm scenario's policy names the host veth after it.
