@@ -557,7 +557,7 @@ fn in_process(report: &mut Report) {
          linker + instantiate in a fresh store + `configure`; the next column subtracts \
          the first two medians. Decisions are called repeatedly on one instance \
          (pod prod/web-3, IPv4 pools default, prod, sts; node-a holds 8 addresses of \
-         each pool in a memory store); each call includes the timeout watchdog thread.",
+         each pool in a memory store); each call runs under its store's own deadline (the engine's ticker thread ticks the epoch while a call runs).",
     );
     report.table(&t);
 }
