@@ -310,3 +310,66 @@ fn ohnoctl_release_refuses_ids_the_plugin_would_refuse() {
     assert_eq!(file_tree(&node.store_dir()), before, "store changed");
     assert_eq!(containers(&node, &conf), vec![pod.container_id.clone()]);
 }
+
+/// Every listing takes `-o json`: `ls`, `blocks` and `show` print stable field
+/// names that agree with the attachment the ADD made.
+#[test]
+fn ohnoctl_listings_print_json_with_o_json() {
+    require_root();
+    let node = Node::new();
+    let pod = Pod::new();
+    let conf = node.ohno_conf("1.1.0");
+    let (ip, len, gw) = first_ipv4(&node.add(&pod, &conf));
+
+    let (code, out) = ohnoctl(&node, &conf, &["ipam", "ls", "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let list: Vec<Value> = serde_json::from_str(&out).expect("ls -o json");
+    assert_eq!(list.len(), 1, "{out}");
+    assert_eq!(list[0]["containerId"], pod.container_id.as_str(), "{out}");
+    assert_eq!(list[0]["ips"][0]["address"], format!("{ip}/{len}"), "{out}");
+
+    let (code, out) = ohnoctl(&node, &conf, &["ipam", "blocks", "-o", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let blocks: Vec<Value> = serde_json::from_str(&out).expect("blocks -o json");
+    assert_eq!(blocks.len(), 1, "{out}");
+    let block = &blocks[0];
+    assert_eq!(block["pool"], "default", "{out}");
+    assert_eq!(block["node"], "node-a", "{out}");
+    assert_eq!(block["used"], 1, "{out}");
+    assert_eq!(block["block"], list[0]["ips"][0]["block"], "{out}");
+    assert!(block["usable"].as_u64().is_some_and(|n| n > 1), "{out}");
+
+    let (code, out) = ohnoctl(
+        &node,
+        &conf,
+        &["ipam", "show", &ip.to_string(), "-o", "json"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let shown: Value = serde_json::from_str(&out).expect("show -o json");
+    assert_eq!(shown["free"], false, "{out}");
+    assert_eq!(shown["node"], "node-a", "{out}");
+    assert_eq!(shown["pool"], "default", "{out}");
+    assert_eq!(
+        shown["owner"]["containerId"],
+        pod.container_id.as_str(),
+        "{out}"
+    );
+    // A free address of the same block: exit 1, "free": true.
+    let free = std::net::Ipv4Addr::from(u32::from(ip) + 1);
+    assert_ne!(Some(free), gw);
+    let (code, out) = ohnoctl(
+        &node,
+        &conf,
+        &["ipam", "show", &free.to_string(), "-o", "json"],
+    );
+    assert_eq!(code, 1, "{out}");
+    let shown: Value = serde_json::from_str(&out).expect("show -o json");
+    assert_eq!(shown["free"], true, "{out}");
+    assert_eq!(shown["owner"], Value::Null, "{out}");
+
+    // The table stays the default.
+    let (code, out) = ohnoctl(&node, &conf, &["ipam", "blocks"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("POOL"), "{out}");
+    node.ohno("DEL", &pod, &conf).success();
+}

@@ -1796,3 +1796,101 @@ fn ohnoctl_policy_test_prints_the_decisions() {
     let (a, _) = parse_cidr(&format!("{address}/26"));
     assert!(in_subnet(a, [10, 85, 0, 0].into(), 26), "{out}");
 }
+
+/// `--pod` and `--pools` take inline JSON or `-` (standard input) as well as a
+/// file, and the output says which address the host would then give.
+#[test]
+fn ohnoctl_policy_test_takes_inline_json_and_stdin_and_says_what_the_host_gives() {
+    let _cpu = shared();
+    let dir = TempDir::new();
+    let pod = json!({"namespace": "prod", "name": "web-0", "containerId": "c1"}).to_string();
+    let used = json!([{"name": "default", "subnet": "10.85.0.0/16", "blockSize": 26,
+                       "used": ["10.85.0.2", "10.85.0.3"]},
+                      {"name": "prod", "subnet": "10.90.0.0/16", "blockSize": 26}])
+    .to_string();
+    let file = wasm("namespace_pools");
+    let config = json!({"rules": [{"namespaces": ["prod"], "pool": "prod"}]}).to_string();
+    let args = |pod: &str, pools: &str| -> Vec<String> {
+        [
+            "policy",
+            "test",
+            &file.to_string_lossy(),
+            "--pod",
+            pod,
+            "--pools",
+            pools,
+            "--config",
+            &config,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let a = args(&pod, &used);
+    let (code, stdout, stderr) = ohnoctl(
+        dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let out: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(out["allocation"]["ipv4"], json!({"pool": "prod"}), "{out}");
+    // A block of prod newly claimed for the node (which one is the
+    // allocator's pick): its gateway is the block's first address, and the
+    // pod gets the one after it.
+    let gives = &out["hostWouldGive"]["ipv4"];
+    assert_eq!(gives["pool"], "prod", "{out}");
+    let (addr, len) = parse_cidr(gives["address"].as_str().unwrap_or_default());
+    assert_eq!(len, 26, "{out}");
+    assert!(in_subnet(addr, [10, 90, 0, 0].into(), 16), "{out}");
+    let gateway: std::net::Ipv4Addr = gives["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| panic!("no gateway: {out}"));
+    assert_eq!(u32::from(gateway) % 64, 1, "{out}");
+    assert_eq!(u32::from(addr), u32::from(gateway) + 1, "{out}");
+
+    // The pools on standard input; a pod outside prod gets the default pool,
+    // where .2 and .3 are used on this node.
+    let other = json!({"namespace": "dev", "name": "x"}).to_string();
+    let a = args(&other, "-");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ohnoctl"))
+        .args(&a)
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ohnoctl");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), used.as_bytes())
+        .expect("write stdin");
+    let done = child.wait_with_output().expect("ohnoctl exits");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let out: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(out["allocation"]["ipv4"], "default", "{out}");
+    assert_eq!(
+        out["hostWouldGive"]["ipv4"]["address"], "10.85.0.4/26",
+        "{out}"
+    );
+
+    // Both on standard input cannot be: a clear error, not a hang.
+    let a = args("-", "-");
+    let (code, stdout, stderr) = ohnoctl(
+        dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("standard input"), "{stderr}");
+    // Broken inline JSON names the flag, not a file.
+    let a = args("{\"namespace\": ", &used);
+    let (code, _, stderr) = ohnoctl(
+        dir.path(),
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--pod (inline JSON)"), "{stderr}");
+}

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use ohno::cni::config::{GcAttachment, NetConf};
 use ohno::error::{Error, Result};
 use ohno::ipam::allocator::BlockRecord;
@@ -42,6 +42,32 @@ enum Top {
     },
 }
 
+/// How a listing is printed (`-o`): a table for people, JSON for scripts
+/// (field names are stable; see the README).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+/// The listing format: `-o json|table`, and `ls`'s older `--json`.
+#[derive(clap::Args)]
+struct Format {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    output: Output,
+    /// The same as `-o json`.
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
+impl Format {
+    fn json(&self) -> bool {
+        self.json || self.output == Output::Json
+    }
+}
+
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// Load a component, check it against the ohno:policy WIT (version, exports,
@@ -56,13 +82,15 @@ enum PolicyCmd {
     Test {
         file: PathBuf,
         /// The pod: {"namespace", "name", "uid", "containerId", "ifname",
-        /// "annotations": {..}, "args": [[k, v]]}; every field optional.
+        /// "annotations": {..}, "args": [[k, v]]}; every field optional. Inline
+        /// JSON, a file, or `-` for standard input.
         #[arg(long)]
-        pod: PathBuf,
+        pod: String,
         /// The pools as in `ipam.pools`, each optionally with "used": [addresses]
-        /// (held on this node) to describe the node's state.
+        /// (held on this node) to describe the node's state. Inline JSON, a
+        /// file, or `-` for standard input.
         #[arg(long)]
-        pools: PathBuf,
+        pools: String,
         #[arg(long, default_value = "null")]
         config: String,
         /// The node the decisions are made on.
@@ -85,20 +113,23 @@ enum Ipam {
         /// A CNI config (conflist or single plugin) that names the store.
         #[arg(long)]
         config: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: Format,
     },
     /// Which node holds which block, and how full each block is.
     Blocks {
         #[arg(long)]
         config: PathBuf,
+        #[command(flatten)]
+        format: Format,
     },
     /// Who holds an address.
     Show {
         #[arg(long)]
         config: PathBuf,
         address: IpAddr,
+        #[command(flatten)]
+        format: Format,
     },
     /// Release one attachment's addresses (for a leak an operator has proved).
     Release {
@@ -137,9 +168,13 @@ fn main() -> ExitCode {
         Top::Policy { command } => return exit(policy_cmd(command)),
     };
     let outcome = match command {
-        Ipam::Ls { config, json } => ls(&config, json),
-        Ipam::Blocks { config } => blocks(&config),
-        Ipam::Show { config, address } => show(&config, address),
+        Ipam::Ls { config, format } => ls(&config, format.json()),
+        Ipam::Blocks { config, format } => blocks(&config, format.json()),
+        Ipam::Show {
+            config,
+            address,
+            format,
+        } => show(&config, address, format.json()),
         Ipam::Release {
             config,
             container,
@@ -244,8 +279,8 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                 Err(why) => println!("cache:     none ({why}; compiled in memory)"),
             }
             let conf = offline_conf(&file, config, cache.as_deref().ok());
-            let view = offline_view(&[], "node-a")?;
-            offline_load(&conf, cache.as_deref().ok(), view.1)?;
+            let (_, view, _) = offline_view(&[], "node-a")?;
+            offline_load(&conf, cache.as_deref().ok(), view)?;
             println!("configure: ok");
             Ok(true)
         }
@@ -257,21 +292,19 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
             node,
         } => {
             let config = parse_config(&config)?;
-            let read_json = |p: &PathBuf| -> Result<Value> {
-                let raw =
-                    std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
-                serde_json::from_slice(&raw).map_err(|e| Error::Decode {
-                    what: p.display().to_string(),
-                    msg: e.to_string(),
-                })
-            };
-            let pod_v = read_json(&pod)?;
-            let pools_v = read_json(&pools)?;
+            if pod == "-" && pools == "-" {
+                return Err(Error::config(
+                    "--pod, --pools",
+                    "only one of them can be read from standard input",
+                ));
+            }
+            let pod_v = json_arg("--pod", &pod)?;
+            let pools_v = json_arg("--pools", &pools)?;
             let pools_list = pools_v
                 .as_array()
                 .ok_or_else(|| Error::config("--pools", "must be a JSON list of pools"))?
                 .clone();
-            let (pool_confs, view) = offline_view(&pools_list, &node)?;
+            let (pool_confs, view, kv) = offline_view(&pools_list, &node)?;
             let pod = offline_pod(&pod_v, &node);
             let cache = offline_cache();
             if let Err(why) = &cache {
@@ -288,6 +321,7 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                 ohno::policy::Naming::Deny(r) => serde_json::json!({"deny": r}),
             };
             let mut allocation = serde_json::Map::new();
+            let mut would_give = serde_json::Map::new();
             for (fam, label) in [
                 (ohno::policy::Family::V4, "ipv4"),
                 (ohno::policy::Family::V6, "ipv6"),
@@ -299,19 +333,15 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                 if of_family.is_empty() {
                     continue;
                 }
-                let answer = match ohno::policy::Policy::allocate(
-                    &mut policy,
-                    &pod,
-                    fam,
-                    &of_family,
-                )? {
+                let decision = ohno::policy::Policy::allocate(&mut policy, &pod, fam, &of_family)?;
+                let answer = match &decision {
                     ohno::policy::Allocation::Default => serde_json::json!("default"),
                     ohno::policy::Allocation::Pool(p) => serde_json::json!({"pool": p}),
                     ohno::policy::Allocation::Address { pool, address } => {
                         let verdict = of_family
                             .iter()
-                            .find(|p| p.name == pool)
-                            .map(|p| Layout::new(p).check_usable(address).err())
+                            .find(|p| &p.name == pool)
+                            .map(|p| Layout::new(p).check_usable(*address).err())
                             .unwrap_or_else(|| {
                                 Some(format!("{pool:?} is not a pool of this family"))
                             });
@@ -319,12 +349,17 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                     }
                     ohno::policy::Allocation::Deny(r) => serde_json::json!({"deny": r}),
                 };
+                // What the host would then hand out from the described node state.
+                if let Some(gives) = host_would_give(&*kv, &node, label, &of_family, &decision) {
+                    would_give.insert(label.into(), gives);
+                }
                 allocation.insert(label.into(), answer);
             }
             let out = serde_json::json!({
                 "policy": file.display().to_string(),
                 "naming": naming,
                 "allocation": allocation,
+                "hostWouldGive": would_give,
             });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             Ok(true)
@@ -380,13 +415,14 @@ fn offline_conf(
 
 /// The pools of `pools` (as in `ipam.pools`, plus "used") and a memory store in
 /// which this node holds the used addresses.
-fn offline_view(
-    pools: &[Value],
-    node: &str,
-) -> Result<(
+/// The offline node state: its pools, the view a policy gets, and its store.
+type OfflineView = (
     Vec<ohno::cni::config::PoolConf>,
     ohno::policy::wasm::HostView,
-)> {
+    std::sync::Arc<dyn ohno::store::Kv>,
+);
+
+fn offline_view(pools: &[Value], node: &str) -> Result<OfflineView> {
     use ohno::ipam::{Owner, Want};
     let clean: Vec<Value> = pools
         .iter()
@@ -443,8 +479,83 @@ fn offline_view(
             )?;
         }
     }
-    let view = ohno::policy::wasm::HostView::new(kv, "/ohno", node, confs.clone());
-    Ok((confs, view))
+    let view = ohno::policy::wasm::HostView::new(kv.clone(), "/ohno", node, confs.clone());
+    Ok((confs, view, kv))
+}
+
+/// `--pod` / `--pools`: inline JSON (starts with `{` or `[`), `-` for standard
+/// input, or a file name.
+fn json_arg(flag: &str, arg: &str) -> Result<Value> {
+    let decode = |what: String, raw: &[u8]| {
+        serde_json::from_slice(raw).map_err(|e| Error::Decode {
+            what,
+            msg: e.to_string(),
+        })
+    };
+    let trimmed = arg.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        return decode(format!("{flag} (inline JSON)"), trimmed.as_bytes());
+    }
+    if arg == "-" {
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)
+            .map_err(|e| Error::io(format!("read {flag} from standard input"), e))?;
+        return decode(format!("{flag} (standard input)"), &raw);
+    }
+    let raw = std::fs::read(arg).map_err(|e| Error::io(format!("read {flag} file {arg}"), e))?;
+    decode(format!("{flag} file {arg}"), &raw)
+}
+
+/// The address the host would hand out for `decision` from the offline node
+/// state in `kv`, as the plugin's allocator would (the decision validated the
+/// way the plugin validates it), or why it would not; `None` for a deny.
+fn host_would_give(
+    kv: &dyn ohno::store::Kv,
+    node: &str,
+    family: &str,
+    of_family: &[&ohno::cni::config::PoolConf],
+    decision: &ohno::policy::Allocation,
+) -> Option<Value> {
+    use ohno::ipam::{Owner, Want};
+    use ohno::policy::Allocation;
+    let want = match decision {
+        Allocation::Deny(_) => return None,
+        Allocation::Default => Want {
+            pool: of_family.first()?,
+            address: None,
+        },
+        Allocation::Pool(name) | Allocation::Address { pool: name, .. } => {
+            let pool = of_family.iter().find(|p| &p.name == name)?;
+            let address = match decision {
+                Allocation::Address { address, .. } => Some(*address),
+                _ => None,
+            };
+            Want { pool, address }
+        }
+    };
+    let owner = Owner {
+        network: "offline".into(),
+        // One attachment per family: a second ADD of one attachment is a repeat.
+        container_id: format!("offline-test-{family}"),
+        ifname: "eth0".into(),
+        node: node.into(),
+        pod_namespace: None,
+        pod_name: None,
+        pod_uid: None,
+        created: 0,
+    };
+    let alloc = Allocator::new(kv, "/ohno", node);
+    Some(match alloc.allocate(&owner, &[want]) {
+        Ok(rec) => {
+            let ip = rec.ips.first();
+            serde_json::json!({
+                "address": ip.map(|i| i.address.clone()),
+                "pool": ip.map(|i| i.pool.clone()),
+                "gateway": ip.map(|i| i.gateway.clone()).filter(|g| !g.is_empty()),
+            })
+        }
+        Err(e) => serde_json::json!({"error": e.to_string(), "code": e.code()}),
+    })
 }
 
 fn offline_pod(v: &Value, node: &str) -> ohno::policy::Pod {
@@ -561,13 +672,10 @@ fn ls(config: &PathBuf, json: bool) -> Result<bool> {
     Ok(true)
 }
 
-fn blocks(config: &PathBuf) -> Result<bool> {
+fn blocks(config: &PathBuf, json: bool) -> Result<bool> {
     let (conf, kv) = open(config)?;
     let alloc = Allocator::from_conf(&*kv, &conf);
-    println!(
-        "{:<12} {:<28} {:<16} {:>5} {:>6}",
-        "POOL", "BLOCK", "NODE", "USED", "USABLE"
-    );
+    let mut rows = Vec::new();
     for pool in &conf.ipam.pools {
         let layout = Layout::new(pool);
         for kv in kv.range(&alloc.keys().blocks_of_pool(&pool.name), false)? {
@@ -577,20 +685,41 @@ fn blocks(config: &PathBuf) -> Result<bool> {
             let rec: BlockRecord = serde_json::from_slice(&kv.value)
                 .map_err(|e| Error::Store(format!("decode {}: {e}", kv.key)))?;
             let used = alloc.used(pool, &block)?.len();
-            println!(
-                "{:<12} {:<28} {:<16} {:>5} {:>6}",
-                pool.name,
-                block.to_string(),
-                rec.node,
-                used,
-                layout.usable_count(&block)
-            );
+            rows.push(serde_json::json!({
+                "pool": pool.name,
+                "block": block.to_string(),
+                "node": rec.node,
+                "used": used,
+                "usable": layout.usable_count(&block),
+            }));
         }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Ok(true);
+    }
+    println!(
+        "{:<12} {:<28} {:<16} {:>5} {:>6}",
+        "POOL", "BLOCK", "NODE", "USED", "USABLE"
+    );
+    for r in &rows {
+        let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        println!(
+            "{:<12} {:<28} {:<16} {:>5} {:>6}",
+            s("pool"),
+            s("block"),
+            s("node"),
+            r["used"],
+            r["usable"]
+        );
     }
     Ok(true)
 }
 
-fn show(config: &PathBuf, address: IpAddr) -> Result<bool> {
+fn show(config: &PathBuf, address: IpAddr, json: bool) -> Result<bool> {
     let (conf, kv) = open(config)?;
     let alloc = Allocator::from_conf(&*kv, &conf);
     let Some((pool, block)) = conf
@@ -599,21 +728,43 @@ fn show(config: &PathBuf, address: IpAddr) -> Result<bool> {
         .iter()
         .find_map(|p| Layout::new(p).block_of(address).map(|b| (p, b)))
     else {
-        println!("{address} is in none of the configured pools");
+        if json {
+            let doc = serde_json::json!({"address": address.to_string(), "pool": null});
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        } else {
+            println!("{address} is in none of the configured pools");
+        }
         return Ok(false);
     };
     let key = alloc.keys().ip(&pool.name, &block, address);
     let claim = kv.get(&alloc.keys().block(&pool.name, &block))?;
-    let holder = claim
-        .map(|c| {
-            serde_json::from_slice::<BlockRecord>(&c.value)
-                .map(|b| b.node)
-                .unwrap_or_default()
-        })
-        .unwrap_or_else(|| "(unclaimed)".into());
+    let node = claim.map(|c| {
+        serde_json::from_slice::<BlockRecord>(&c.value)
+            .map(|b| b.node)
+            .unwrap_or_default()
+    });
+    let held = kv.get(&key)?;
+    if json {
+        let owner = held
+            .as_ref()
+            .map(|v| serde_json::from_slice::<Value>(&v.value).unwrap_or(Value::Null));
+        let doc = serde_json::json!({
+            "address": address.to_string(),
+            "pool": pool.name,
+            "subnet": pool.subnet.to_string(),
+            "block": block.to_string(),
+            "node": node,
+            "free": held.is_none(),
+            "key": key,
+            "owner": owner,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return Ok(held.is_some());
+    }
+    let holder = node.unwrap_or_else(|| "(unclaimed)".into());
     println!("pool:    {} ({})", pool.name, pool.subnet);
     println!("block:   {block} held by {holder}");
-    match kv.get(&key)? {
+    match held {
         None => {
             println!("address: {address} is free");
             Ok(false)
