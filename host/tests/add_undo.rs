@@ -6,25 +6,9 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const STEPS: &[&str] = &["ipam", "bridge", "veth", "address", "routes", "masquerade"];
-
-fn ohnoctl_ls(node: &Node, conf: &Value) -> Vec<Value> {
-    let path = node.dir.path().join("conf.json");
-    std::fs::write(&path, conf.to_string()).expect("write config for ohnoctl");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ohnoctl"))
-        .args(["ipam", "ls", "--json", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run ohnoctl");
-    assert!(
-        out.status.success(),
-        "ohnoctl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("ohnoctl --json prints a list")
-}
 
 #[test]
 fn add_failing_after_any_step_leaves_no_address_link_or_rule() {
@@ -60,7 +44,7 @@ fn add_failing_after_any_step_leaves_no_address_link_or_rule() {
             "{step}: pod interface left behind"
         );
         assert!(
-            ohnoctl_ls(&node, &conf).is_empty(),
+            node.allocations(&conf).is_empty(),
             "{step}: allocation left behind"
         );
         let ruleset = node.host.nft_ruleset().to_string();
@@ -74,7 +58,7 @@ fn add_failing_after_any_step_leaves_no_address_link_or_rule() {
         let (addr, _, gw) = first_ipv4(&ok);
         let gw = gw.expect("gateway");
         assert_eq!(u32::from(addr), u32::from(gw) + 1, "{step}: {ok}");
-        assert_eq!(ohnoctl_ls(&node, &conf).len(), 1);
+        assert_eq!(node.allocations(&conf).len(), 1);
         node.ohno("DEL", &pod, &conf).success();
     }
 }

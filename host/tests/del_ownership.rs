@@ -13,18 +13,10 @@ use std::time::{Duration, Instant};
 /// A refusal must not look like a hang.
 const PROMPT: Duration = Duration::from_secs(5);
 
-/// The container ids with an allocation, as `ohnoctl ipam ls --json` lists them.
+/// The container ids with an allocation, as `ohnoctl ipam ls` lists them.
 fn allocated(node: &Node, conf: &Value) -> Vec<String> {
-    let path = node.dir.path().join("ohnoctl-conf.json");
-    std::fs::write(&path, conf.to_string()).expect("write config for ohnoctl");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ohnoctl"))
-        .args(["ipam", "ls", "--json", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run ohnoctl");
-    assert!(out.status.success(), "{out:?}");
-    let list: Vec<Value> = serde_json::from_slice(&out.stdout).expect("ohnoctl ls --json");
-    list.iter()
+    node.allocations(conf)
+        .iter()
         .filter_map(|a| a["containerId"].as_str().map(str::to_owned))
         .collect()
 }

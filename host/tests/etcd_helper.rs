@@ -127,6 +127,16 @@ fn persist_ms_zero_starts_no_helper() {
     assert!(env.section("attachments").is_empty());
 }
 
+/// The PID of the etcd helper in `lock_dir`, once one runs (within 5 s).
+fn wait_for_helper(lock_dir: &Path) -> i32 {
+    assert!(
+        eventually(Duration::from_secs(5), || helper_pid(lock_dir, "etcd")
+            .is_some()),
+        "no etcd helper in {lock_dir:?}"
+    );
+    helper_pid(lock_dir, "etcd").expect("helper")
+}
+
 /// Only `ohno --helper etcd` is a helper: the plugin run with a helper's
 /// environment (a stray or forged `OHNO_STORE_HELPER`) is still the plugin.
 #[test]
@@ -136,11 +146,7 @@ fn the_helper_role_is_an_argument_not_an_environment_variable() {
     let (conf, lock_dir) = conf_with(&env, 10_000);
     let pod = Pod::new();
     env.ohno("ADD", &pod, &conf).success();
-    assert!(eventually(Duration::from_secs(5), || helper_pid(
-        &lock_dir, "etcd"
-    )
-    .is_some()));
-    let pid = helper_pid(&lock_dir, "etcd").expect("helper");
+    let pid = wait_for_helper(&lock_dir);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     assert_eq!(&args[1..3], [&b"--helper"[..], b"etcd"], "{cmdline:?}");
@@ -276,11 +282,7 @@ fn a_flood_of_silent_connections_neither_stalls_adds_nor_grows_the_helper() {
     let (conf, lock_dir) = conf_with(&env, 60_000);
     let first = Pod::new();
     env.ohno("ADD", &first, &conf).success();
-    assert!(eventually(Duration::from_secs(5), || helper_pid(
-        &lock_dir, "etcd"
-    )
-    .is_some()));
-    let pid = helper_pid(&lock_dir, "etcd").expect("helper");
+    let pid = wait_for_helper(&lock_dir);
     let sock = helper_socket(&lock_dir, "etcd").expect("socket");
     let vm_data = || -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/status"))

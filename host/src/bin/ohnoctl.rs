@@ -361,7 +361,7 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                 "allocation": allocation,
                 "hostWouldGive": would_give,
             });
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            print_json(&out);
             Ok(true)
         }
     }
@@ -632,6 +632,11 @@ fn open(config: &PathBuf) -> Result<(NetConf, std::sync::Arc<dyn ohno::store::Kv
     Ok((conf, kv))
 }
 
+/// A `-o json` listing on stdout.
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
 fn ls(config: &PathBuf, json: bool) -> Result<bool> {
     let (conf, kv) = open(config)?;
     let alloc = Allocator::from_conf(&*kv, &conf);
@@ -641,10 +646,7 @@ fn ls(config: &PathBuf, json: bool) -> Result<bool> {
             .iter()
             .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&docs).unwrap_or_default()
-        );
+        print_json(&docs);
         return Ok(true);
     }
     println!(
@@ -695,10 +697,7 @@ fn blocks(config: &PathBuf, json: bool) -> Result<bool> {
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
-        );
+        print_json(&rows);
         return Ok(true);
     }
     println!(
@@ -730,7 +729,7 @@ fn show(config: &PathBuf, address: IpAddr, json: bool) -> Result<bool> {
     else {
         if json {
             let doc = serde_json::json!({"address": address.to_string(), "pool": null});
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            print_json(&doc);
         } else {
             println!("{address} is in none of the configured pools");
         }
@@ -758,7 +757,7 @@ fn show(config: &PathBuf, address: IpAddr, json: bool) -> Result<bool> {
             "key": key,
             "owner": owner,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        print_json(&doc);
         return Ok(held.is_some());
     }
     let holder = node.unwrap_or_else(|| "(unclaimed)".into());

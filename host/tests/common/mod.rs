@@ -680,6 +680,24 @@ impl Node {
         eventually(Duration::from_secs(10), || self.host_veths().is_empty())
     }
 
+    /// The attachments in the store `conf` names, as `ohnoctl ipam ls -o json`
+    /// lists them.
+    pub fn allocations(&self, conf: &Value) -> Vec<Value> {
+        let path = self.dir.path().join("ohnoctl-ls-conf.json");
+        std::fs::write(&path, conf.to_string()).expect("write config for ohnoctl");
+        let out = Command::new(env!("CARGO_BIN_EXE_ohnoctl"))
+            .args(["ipam", "ls", "-o", "json", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run ohnoctl");
+        assert!(
+            out.status.success(),
+            "ohnoctl ipam ls: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("ohnoctl ipam ls -o json prints a list")
+    }
+
     /// The plugin's log, or a note that there is none.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_file()).unwrap_or_else(|e| format!("<no log: {e}>"))
