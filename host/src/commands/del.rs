@@ -10,7 +10,8 @@
 //! veth, a link the pod made itself) is left alone, and DEL still releases the
 //! addresses and succeeds.
 //!
-//! Deleting a veth costs the kernel an RCU barrier (~20–30 ms) whoever asks. DEL
+//! Deleting a veth costs the kernel an RCU barrier whoever asks (tens of
+//! milliseconds: the reference plugin's DEL is mostly that). DEL
 //! does not wait for it: it takes both ends out of service (down, renamed to
 //! `ohnodel<index>`, so `CNI_IFNAME` and the host-side name are free at once and
 //! a repeated ADD never adopts the dying pair), releases the addresses,

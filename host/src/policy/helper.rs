@@ -2,8 +2,8 @@
 //! a policy component loaded between ADDs.
 //!
 //! A policy ADD in a fresh process maps the precompiled component, builds the
-//! engine and the linker, and pages in the runtime's code: ~1.5 ms on a 2-core
-//! VM before the first decision. The helper does that once; each ADD then
+//! engine and the linker, and pages in the runtime's code before the first
+//! decision: most of what a policy adds to an ADD (docs/bench). The helper does that once; each ADD then
 //! connects to its socket (`<ipam.lockDir>/policy-<hash>.sock`) and gets what it
 //! got before — a **fresh store** with the sandbox's limits, the component
 //! instantiated in it and `configure`d, its decisions — over the socket. One

@@ -2,9 +2,9 @@
 //! that keeps one mutual-TLS connection to etcd open between plugin calls.
 //!
 //! A new process's first etcd request pays a TCP connect, a full TLS 1.3
-//! handshake with client authentication and an HTTP/2 set-up: ~2.5 ms of an
-//! ADD on a 2-core VM, more than the raft commit of the transaction itself
-//! (rustls cannot carry a session ticket from one process to the next). With a
+//! handshake with client authentication and an HTTP/2 set-up, more than the
+//! raft commit of the transaction itself (docs/bench has the numbers): rustls
+//! cannot carry a session ticket from one process to the next. With a
 //! helper, the calls after the first send their store operations over the
 //! helper's socket (`<lockDir>/etcd-<hash>.sock`) and the helper runs them on
 //! its warm connection, with the same timeouts, retries and failover as
