@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{run_plugin, Invocation, Node, Pod};
+use common::{eventually, run_plugin, Invocation, Node, Pod};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,68 @@ fn del_still_unplugs_the_veth_its_add_made() {
         .success();
     assert!(eth0(&pod).is_none(), "eth0 still in the pod");
     assert!(node.host_veths_eventually_gone(), "{:?}", node.host_veths());
+}
+
+/// An ADD killed between creating the pair and setting its alias (the kernel
+/// takes no alias at creation) leaves a pair whose host end has no alias but
+/// the name the built-in rule gives this attachment: DEL unplugs it. The same
+/// pair under another attachment's default name is left alone.
+#[test]
+fn del_unplugs_a_pair_whose_add_was_killed_before_it_set_the_alias() {
+    let node = Node::new();
+    let conf = node.ohno_conf("1.1.0");
+    for (whose, expect_gone) in [("ours", true), ("another attachment's", false)] {
+        let pod = Pod::new();
+        let result = node.add(&pod, &conf);
+        pod.ns.exec_ok(&["ip", "link", "del", "eth0"]);
+        assert!(node.host_veths_eventually_gone(), "{:?}", node.host_veths());
+        let cid = if expect_gone {
+            pod.container_id.clone()
+        } else {
+            format!("{}-other", pod.container_id)
+        };
+        let host_name = ohno::policy::default_host_ifname(&cid, "eth0", 0);
+        node.host.exec_ok(&[
+            "ip",
+            "link",
+            "add",
+            &host_name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.ns.name(),
+        ]);
+        let out = node.ohno("DEL", &pod, &node.with_prev_result(&conf, &result));
+        out.success();
+        if expect_gone {
+            assert!(
+                eth0(&pod).is_none(),
+                "{whose}: eth0 still in the pod\n{out}"
+            );
+            assert!(
+                eventually(Duration::from_secs(10), || node
+                    .host
+                    .link(&host_name)
+                    .is_none()),
+                "{whose}: host end {host_name} left"
+            );
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(eth0(&pod).is_some(), "{whose}: DEL touched it\n{out}");
+            assert!(
+                node.host.link(&host_name).is_some(),
+                "{whose}: host end gone"
+            );
+            node.host.exec_ok(&["ip", "link", "del", &host_name]);
+        }
+        assert!(
+            !allocated(&node, &conf).contains(&pod.container_id),
+            "{whose}: DEL did not release the addresses\n{out}"
+        );
+    }
 }
 
 #[test]

@@ -22,7 +22,7 @@ use crate::policy::{self, default_host_ifname, Allocation, Family, Naming, Pod, 
 use crate::store;
 
 /// How many alternative host names are tried when the default one is taken.
-const HOST_NAME_ATTEMPTS: u32 = 8;
+pub(crate) const HOST_NAME_ATTEMPTS: u32 = 8;
 
 pub fn run(inv: &Invocation) -> Result<Value> {
     if inv.conf.ipam_only() {

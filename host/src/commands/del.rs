@@ -5,8 +5,9 @@
 //!
 //! Only the veth this attachment's ADD made is unplugged: the link called
 //! `CNI_IFNAME` in the pod must be a veth whose peer, on this host, is a veth
-//! carrying the attachment's alias (`<containerid>/<ifname>`, set by ADD) and
-//! pointing back at it. Anything else of that name (a dummy, another plugin's
+//! pointing back at it and carrying the attachment's alias
+//! (`<containerid>/<ifname>`, set by ADD) — or, left by an ADD killed before it
+//! set the alias, no alias and the built-in rule's name for this attachment. Anything else of that name (a dummy, another plugin's
 //! veth, a link the pod made itself) is left alone, and DEL still releases the
 //! addresses and succeeds.
 //!
@@ -36,8 +37,7 @@ pub fn run(inv: &Invocation) -> Result<()> {
     if let Some(path) = env.netns.as_ref().filter(|_| !conf.ipam_only()) {
         match NetNs::open(path) {
             Ok(ns) => {
-                let alias = super::add::host_veth_alias(&env.container_id, &env.ifname);
-                if let Err(e) = delete_pod_link(&ns, &env.ifname, &alias) {
+                if let Err(e) = delete_pod_link(&ns, &env.container_id, &env.ifname) {
                     log::warn!("delete {} in {}: {e}", env.ifname, path.display());
                     first_error.get_or_insert(e);
                 }
@@ -83,13 +83,13 @@ pub fn run(inv: &Invocation) -> Result<()> {
 /// Prefix of retired pod interfaces awaiting deletion.
 const TOMBSTONE: &str = "ohnodel";
 
-fn delete_pod_link(ns: &NetNs, ifname: &str, alias: &str) -> Result<()> {
+fn delete_pod_link(ns: &NetNs, container_id: &str, ifname: &str) -> Result<()> {
     let mut nl = Netlink::open_in(ns)?;
     let Some(link) = nl.link_by_name(ifname)? else {
         return Ok(());
     };
     let mut host = Netlink::open()?;
-    let peer = match host_end(&mut host, &link, alias)? {
+    let peer = match host_end(&mut host, &link, container_id, ifname)? {
         Ok(peer) => peer,
         Err(why) => {
             log::warn!(
@@ -119,14 +119,19 @@ fn delete_pod_link(ns: &NetNs, ifname: &str, alias: &str) -> Result<()> {
 
 /// The index of `pod_link`'s host end when `pod_link` is the veth this
 /// attachment's ADD made: a veth whose peer, in this (the host's) namespace, is
-/// a veth with the attachment's `alias` and `pod_link` as its own peer. An
-/// interface index is unique within a namespace, so the two pointing at each
-/// other is the pair. Otherwise `Ok(Err(why))`.
+/// a veth with `pod_link` as its own peer (an interface index is unique within
+/// a namespace, so the two pointing at each other is the pair) and marked as
+/// this attachment's: by its alias `<containerid>/<ifname>`, or — for a pair
+/// whose ADD was killed between creating it and setting the alias (the kernel
+/// takes no alias at creation) — by having no alias and a name the built-in
+/// rule gives this attachment. Otherwise `Ok(Err(why))`.
 fn host_end(
     host: &mut Netlink,
     pod_link: &Link,
-    alias: &str,
+    container_id: &str,
+    ifname: &str,
 ) -> Result<std::result::Result<u32, String>> {
+    let alias = &super::add::host_veth_alias(container_id, ifname);
     if pod_link.kind.as_deref() != Some("veth") {
         return Ok(Err(format!(
             "kind {}, not veth",
@@ -139,8 +144,14 @@ fn host_end(
     let Some(host_link) = host.link_by_index(peer)? else {
         return Ok(Err(format!("its peer {peer} is not on this host")));
     };
+    let marked = match host_link.alias.as_deref() {
+        Some(a) if !a.is_empty() => a == alias,
+        _ => (0..super::add::HOST_NAME_ATTEMPTS).any(|salt| {
+            host_link.name == crate::policy::default_host_ifname(container_id, ifname, salt)
+        }),
+    };
     let ours = host_link.kind.as_deref() == Some("veth")
-        && host_link.alias.as_deref() == Some(alias)
+        && marked
         && host_link.peer == Some(pod_link.index);
     if !ours {
         return Ok(Err(format!(
