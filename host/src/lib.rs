@@ -4,7 +4,9 @@
 //!
 //! Module map: `cni` (spec types), `commands` (one file per verb), `ipam` (pure
 //! allocation logic on `store::Kv`), `store` (the Kv trait and its backends),
-//! `net` (netlink plumbing), `policy` (the decision seam and the built-in default).
+//! `net` (netlink plumbing), `policy` (the decision seam and the built-in default),
+//! `nodefs` (the node-local directories and files root trusts), `helper` (the
+//! node-local helper processes' socket, framing and bounds).
 
 pub mod cni;
 pub mod commands;
