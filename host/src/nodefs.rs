@@ -55,11 +55,10 @@ fn untrusted_dir(meta: &std::fs::Metadata) -> Option<String> {
 /// open to group or others (code 7, naming the field and why).
 pub fn private_dir(field: &str, dir: &Path) -> Result<()> {
     let refuse = |why: String| Error::config(field, format!("{}: {why}", dir.display()));
+    let judge =
+        |meta: &std::fs::Metadata| untrusted_dir(meta).map_or(Ok(()), |why| Err(refuse(why)));
     match std::fs::symlink_metadata(dir) {
-        Ok(meta) => match untrusted_dir(&meta) {
-            Some(why) => Err(refuse(why)),
-            None => Ok(()),
-        },
+        Ok(meta) => judge(&meta),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             match std::fs::DirBuilder::new()
                 .recursive(true)
@@ -77,21 +76,20 @@ pub fn private_dir(field: &str, dir: &Path) -> Result<()> {
                 .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(dir)
                 .map_err(|e| refuse(format!("cannot open it: {e}")))?;
-            let meta = opened
-                .metadata()
-                .map_err(|e| refuse(format!("cannot stat it: {e}")))?;
+            let stat = || {
+                opened
+                    .metadata()
+                    .map_err(|e| refuse(format!("cannot stat it: {e}")))
+            };
+            let meta = stat()?;
             if meta.uid() == euid() && meta.mode() & 0o7777 != 0o700 {
                 opened
                     .set_permissions(std::fs::Permissions::from_mode(0o700))
                     .map_err(|e| refuse(format!("cannot set its mode: {e}")))?;
             }
-            // Someone else's directory raced ours into place: refused as above.
-            let meta = std::fs::symlink_metadata(dir)
-                .map_err(|e| refuse(format!("cannot stat it: {e}")))?;
-            match untrusted_dir(&meta) {
-                Some(why) => Err(refuse(why)),
-                None => Ok(()),
-            }
+            // Judged on the descriptor we hold (O_NOFOLLOW: not a symlink): a
+            // directory of someone else's that raced ours into place is refused.
+            judge(&stat()?)
         }
         Err(e) => Err(refuse(format!("cannot stat it: {e}"))),
     }

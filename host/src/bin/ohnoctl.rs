@@ -642,11 +642,7 @@ fn ls(config: &PathBuf, json: bool) -> Result<bool> {
     let alloc = Allocator::from_conf(&*kv, &conf);
     let atts = alloc.attachments(None)?;
     if json {
-        let docs: Vec<Value> = atts
-            .iter()
-            .map(|a| serde_json::to_value(a).unwrap_or(Value::Null))
-            .collect();
-        print_json(&docs);
+        print_json(&atts);
         return Ok(true);
     }
     println!(
@@ -674,6 +670,16 @@ fn ls(config: &PathBuf, json: bool) -> Result<bool> {
     Ok(true)
 }
 
+/// One row of `ipam blocks`, as `-o json` prints it.
+#[derive(serde::Serialize)]
+struct BlockRow {
+    pool: String,
+    block: String,
+    node: String,
+    used: usize,
+    usable: u128,
+}
+
 fn blocks(config: &PathBuf, json: bool) -> Result<bool> {
     let (conf, kv) = open(config)?;
     let alloc = Allocator::from_conf(&*kv, &conf);
@@ -687,13 +693,13 @@ fn blocks(config: &PathBuf, json: bool) -> Result<bool> {
             let rec: BlockRecord = serde_json::from_slice(&kv.value)
                 .map_err(|e| Error::Store(format!("decode {}: {e}", kv.key)))?;
             let used = alloc.used(pool, &block)?.len();
-            rows.push(serde_json::json!({
-                "pool": pool.name,
-                "block": block.to_string(),
-                "node": rec.node,
-                "used": used,
-                "usable": layout.usable_count(&block),
-            }));
+            rows.push(BlockRow {
+                pool: pool.name.clone(),
+                block: block.to_string(),
+                node: rec.node,
+                used,
+                usable: layout.usable_count(&block),
+            });
         }
     }
     if json {
@@ -705,14 +711,9 @@ fn blocks(config: &PathBuf, json: bool) -> Result<bool> {
         "POOL", "BLOCK", "NODE", "USED", "USABLE"
     );
     for r in &rows {
-        let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
         println!(
             "{:<12} {:<28} {:<16} {:>5} {:>6}",
-            s("pool"),
-            s("block"),
-            s("node"),
-            r["used"],
-            r["usable"]
+            r.pool, r.block, r.node, r.used, r.usable
         );
     }
     Ok(true)

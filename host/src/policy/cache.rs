@@ -187,10 +187,6 @@ pub fn user_cache_dir(xdg_cache_home: Option<OsString>, home: Option<OsString>) 
         .map(|base| base.join("ohno").join("policy"))
 }
 
-fn euid() -> u32 {
-    crate::nodefs::euid()
-}
-
 /// Feeds `Hash` output into SHA-256 (the engine's compatibility hash is only
 /// available as `impl Hash`).
 struct ShaHasher(Sha256);
@@ -401,7 +397,7 @@ impl CacheDir {
     /// Open the cache directory at `path` (absolute), creating it (and missing
     /// parents) mode 0700 if missing, and check it.
     pub fn open(path: &Path) -> Result<CacheDir, Refusal> {
-        let euid = euid();
+        let euid = crate::nodefs::euid();
         let dir = match open_dir(path) {
             Err(Refusal::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 create_missing(path, euid)?;
@@ -741,7 +737,7 @@ mod tests {
 
     /// Changing owners needs root; without it the test says so and passes.
     fn root() -> bool {
-        let root = euid() == 0;
+        let root = crate::nodefs::euid() == 0;
         if !root {
             eprintln!("not root: skipping the ownership case");
         }
