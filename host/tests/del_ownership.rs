@@ -21,6 +21,14 @@ fn allocated(node: &Node, conf: &Value) -> Vec<String> {
         .collect()
 }
 
+/// DEL released `pod`'s addresses, whatever it did with its links.
+fn assert_released(node: &Node, conf: &Value, pod: &Pod, context: &str) {
+    assert!(
+        !allocated(node, conf).contains(&pod.container_id),
+        "DEL did not release the addresses: {context}"
+    );
+}
+
 /// `eth0` in `pod`: (ifindex, kind).
 fn eth0(pod: &Pod) -> Option<(u64, String)> {
     let link = pod.ns.link("eth0")?;
@@ -87,10 +95,7 @@ fn del_leaves_an_eth0_it_did_not_make_alone_and_still_releases_the_addresses() {
             assert!(node.host.link("fhost0").is_some(), "{what}: host end gone");
             node.host.exec_ok(&["ip", "link", "del", "fhost0"]);
         }
-        assert!(
-            !allocated(&node, &conf).contains(&pod.container_id),
-            "{what}: DEL did not release the addresses\n{out}"
-        );
+        assert_released(&node, &conf, &pod, &format!("{what}: {out}"));
     }
 }
 
@@ -162,10 +167,7 @@ fn del_unplugs_a_pair_whose_add_was_killed_before_it_set_the_alias() {
             );
             node.host.exec_ok(&["ip", "link", "del", &host_name]);
         }
-        assert!(
-            !allocated(&node, &conf).contains(&pod.container_id),
-            "{whose}: DEL did not release the addresses\n{out}"
-        );
+        assert_released(&node, &conf, &pod, &format!("{whose}: {out}"));
     }
 }
 

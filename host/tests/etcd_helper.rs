@@ -70,15 +70,7 @@ fn the_first_call_starts_a_helper_that_carries_later_calls_and_leaves_when_idle(
 
     // The helper dies (SIGKILL, by the PID it recorded; our ADD started it):
     // the next ADD still works, and a new helper takes over.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the helper");
-    assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
-        "/proc/{pid}"
-    ))
-    .exists()));
+    kill_helper(pid);
     let third = env.ohno("ADD", &pods[2], &conf);
     addresses.insert(first_ipv4(third.success().json()).0);
     assert!(attached(&env, &pods[2]), "{third}");
@@ -135,6 +127,20 @@ fn wait_for_helper(lock_dir: &Path) -> i32 {
         "no etcd helper in {lock_dir:?}"
     );
     helper_pid(lock_dir, "etcd").expect("helper")
+}
+
+/// SIGKILL the helper `pid` (ours: our ADD started it, and its lock names
+/// it) and wait until it is gone.
+fn kill_helper(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the helper");
+    assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
+        "/proc/{pid}"
+    ))
+    .exists()));
 }
 
 /// Only `ohno --helper etcd` is a helper: the plugin run with a helper's
@@ -212,23 +218,11 @@ fn frame(json: &str) -> Vec<u8> {
 fn killed_helper(env: &EtcdNode, conf: &Value, lock_dir: &Path) -> PathBuf {
     let pod = Pod::new();
     env.ohno("ADD", &pod, conf).success();
-    assert!(eventually(Duration::from_secs(5), || helper_pid(
-        lock_dir, "etcd"
-    )
-    .is_some()));
+    let pid = wait_for_helper(lock_dir);
     // DEL while the helper runs: a call that finds no helper would start one.
     env.ohno("DEL", &pod, conf).success();
-    let pid = helper_pid(lock_dir, "etcd").expect("helper");
     let sock = helper_socket(lock_dir, "etcd").expect("socket");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the helper");
-    assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
-        "/proc/{pid}"
-    ))
-    .exists()));
+    kill_helper(pid);
     sock
 }
 

@@ -12,6 +12,7 @@ use common::{Background, Node, Output, Pod};
 use etcd_support::{details, repo_root, EtcdNode, PREFIX};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// A refused handshake must not look like a hang.
@@ -87,8 +88,8 @@ while True:
     held.append(c)
 "#;
 
-#[test]
-fn unreachable_or_silent_store_is_try_again_later_within_the_budget() {
+/// A node with certificates from `myclusters/gen-certs.sh` in its `pki` dir.
+fn node_with_pki() -> (Node, PathBuf) {
     let node = Node::new();
     let pki = node.dir.path().join("pki");
     common::run_ok(
@@ -97,14 +98,26 @@ fn unreachable_or_silent_store_is_try_again_later_within_the_budget() {
             .to_string_lossy(),
         &[&pki.to_string_lossy()],
     );
+    (node, pki)
+}
+
+/// An etcd store section for `endpoint` with `pki`'s client certificate,
+/// `timeoutMs` 1000 and 3 retries.
+fn tls_store(pki: &Path, endpoint: &str) -> Value {
+    json!({
+        "type": "etcd", "endpoints": [endpoint], "prefix": PREFIX,
+        "caFile": pki.join("ca.pem"), "certFile": pki.join("client.pem"),
+        "keyFile": pki.join("client-key.pem"), "timeoutMs": 1000, "retries": 3,
+    })
+}
+
+#[test]
+fn unreachable_or_silent_store_is_try_again_later_within_the_budget() {
+    let (node, pki) = node_with_pki();
     let (_server, port) = Background::start(&node.host, &[common::PYTHON, "-c", SILENT_SERVER]);
     let conf_for = |endpoint: String| {
         let mut conf = node.ohno_conf("1.1.0");
-        conf["ipam"]["store"] = json!({
-            "type": "etcd", "endpoints": [endpoint], "prefix": PREFIX,
-            "caFile": pki.join("ca.pem"), "certFile": pki.join("client.pem"),
-            "keyFile": pki.join("client-key.pem"), "timeoutMs": 1000, "retries": 3,
-        });
+        conf["ipam"]["store"] = tls_store(&pki, &endpoint);
         conf
     };
     // Nothing listens on port 1: refused at once.
@@ -219,14 +232,7 @@ while True:
 /// `timeoutMs` × `retries`.
 #[test]
 fn a_member_that_stalls_the_tls_probe_is_try_again_later_within_the_budget() {
-    let node = Node::new();
-    let pki = node.dir.path().join("pki");
-    common::run_ok(
-        &repo_root()
-            .join("myclusters/gen-certs.sh")
-            .to_string_lossy(),
-        &[&pki.to_string_lossy()],
-    );
+    let (node, pki) = node_with_pki();
     let (_server, port) = Background::start(
         &node.host,
         &[
@@ -238,12 +244,8 @@ fn a_member_that_stalls_the_tls_probe_is_try_again_later_within_the_budget() {
         ],
     );
     let mut conf = node.ohno_conf("1.1.0");
-    conf["ipam"]["store"] = json!({
-        "type": "etcd", "endpoints": [format!("https://127.0.0.1:{port}")], "prefix": PREFIX,
-        "caFile": pki.join("ca.pem"), "certFile": pki.join("client.pem"),
-        "keyFile": pki.join("client-key.pem"), "timeoutMs": 1000, "retries": 3,
-        "persistMs": 0,
-    });
+    conf["ipam"]["store"] = tls_store(&pki, &format!("https://127.0.0.1:{port}"));
+    conf["ipam"]["store"]["persistMs"] = json!(0);
     let (out, took) = failed_add(&node, &conf);
     out.error_with_code(11);
     assert!(
