@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ohno::helper::{receive, send, MAX_FRAME};
+use ohno::agent::protocol::{receive, send, MAX_FRAME};
 use serde_json::Value;
 
 fn has_float(v: &Value) -> bool {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ohno::cni::config::{peek_version, NetConf};
+use ohno::config::{peek_version, NetConf};
 use ohno::cni::version::SUPPORTED;
 
 fuzz_target!(|data: &[u8]| {

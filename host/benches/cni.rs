@@ -49,10 +49,10 @@ use std::time::{Duration, Instant};
 
 use common::{default_cni_path, ohno_binary, Node, Pod, REFERENCE_PLUGINS, REFERENCE_VERSION};
 use etcd_support::{pods, EtcdNode};
-use ohno::cni::config::{EtcdConf, PoolConf};
+use ohno::config::{EtcdConf, PoolConf};
+use ohno::ip::cidr::{from_u128, Cidr};
 use ohno::ipam::allocator::BlockRecord;
 use ohno::ipam::block::Layout;
-use ohno::ipam::cidr::{from_u128, Cidr};
 use ohno::ipam::keys::Keys;
 use ohno::ipam::model::{AttachmentRecord, IpRecord, Owner};
 use ohno::ipam::Allocator;

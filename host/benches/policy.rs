@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{default_cni_path, ohno_binary, Node, Pod};
-use ohno::cni::config::NetConf;
+use ohno::config::NetConf;
 use ohno::ipam::{Allocator, Owner, Want};
 use ohno::policy::wasm::{self, HostView, PolicyConf, WasmPolicy};
 use ohno::policy::{cache, Family, Policy};
@@ -481,7 +481,7 @@ fn in_process(report: &mut Report) {
             ("K8S_POD_NAME".into(), "web-3".into()),
         ],
     };
-    let v4: Vec<&ohno::cni::config::PoolConf> = net
+    let v4: Vec<&ohno::config::PoolConf> = net
         .ipam
         .pools
         .iter()

@@ -2,20 +2,23 @@
 //! addresses in a transactional key-value store (embedded local store or etcd),
 //! and delegates allocation and naming decisions to a policy.
 //!
-//! Module map: `cni` (spec types), `commands` (one file per verb), `ipam` (pure
+//! Module map: `ip` (address math), `cni` (spec types), `config` (the network
+//! configuration), `plugin` (one file per verb), `ipam` (pure
 //! allocation logic on `store::Kv`), `store` (the Kv trait and its backends),
 //! `net` (netlink plumbing), `policy` (the decision seam and the built-in default),
-//! `nodefs` (the node-local directories and files root trusts), `helper` (the
-//! node-local helper processes' socket, framing and bounds).
+//! `nodefs` (the node-local directories and files root trusts), `agent` (the
+//! node-local helper processes: socket, framing, bounds, what they serve).
 
+pub mod agent;
 pub mod cni;
-pub mod commands;
+pub mod config;
 pub mod error;
-pub mod helper;
+pub mod ip;
 pub mod ipam;
 pub mod logging;
 pub mod net;
 pub mod nodefs;
+pub mod plugin;
 pub mod policy;
 pub mod store;
 

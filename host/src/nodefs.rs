@@ -97,9 +97,9 @@ pub fn private_dir(field: &str, dir: &Path) -> Result<()> {
 
 /// The node-local directories `conf` names, checked (and created) as
 /// [`private_dir`] does, before any verb touches them.
-pub fn check_conf(conf: &crate::cni::config::NetConf) -> Result<()> {
+pub fn check_conf(conf: &crate::config::NetConf) -> Result<()> {
     private_dir("ipam.lockDir", &conf.ipam.lock_dir)?;
-    if let crate::cni::config::StoreConf::Local { data_dir, .. } = &conf.ipam.store {
+    if let crate::config::StoreConf::Local { data_dir, .. } = &conf.ipam.store {
         private_dir("ipam.store.dataDir", data_dir)?;
     }
     if let Some(policy) = &conf.policy {

@@ -2,14 +2,14 @@
 
 fn main() {
     // The node-local helpers this binary starts (see helper.rs).
-    if let Some(code) = ohno::helper::main_if_helper() {
+    if let Some(code) = ohno::agent::protocol::main_if_helper() {
         std::process::exit(code);
     }
-    ohno::helper::allow_spawn();
+    ohno::agent::protocol::allow_spawn();
     let args: Vec<String> = std::env::args().collect();
     // DEL's detached helper that finishes deleting a retired veth (see commands/del.rs).
     if args.get(1).map(String::as_str) == Some("--reap-link") {
-        std::process::exit(ohno::commands::del::reap(&args));
+        std::process::exit(ohno::plugin::del::reap(&args));
     }
-    std::process::exit(ohno::commands::main());
+    std::process::exit(ohno::plugin::main());
 }

@@ -2,11 +2,9 @@
 //! every supported version, and the error document.
 
 pub mod args;
-pub mod config;
 pub mod env;
 pub mod result;
 pub mod version;
 
-pub use config::NetConf;
 pub use env::{Command, Env};
 pub use result::CniResult;

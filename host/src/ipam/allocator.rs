@@ -9,11 +9,11 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::block::Layout;
-use super::cidr::{from_u128, to_u128, Cidr};
 use super::keys::{last_segment, parse_block_id, Keys};
 use super::model::{now, AttachmentId, AttachmentRecord, IpRecord, Owner};
-use crate::cni::config::{NetConf, PoolConf};
+use crate::config::{NetConf, PoolConf};
 use crate::error::{Error, Result};
+use crate::ip::cidr::{from_u128, to_u128, Cidr};
 use crate::store::{Compare, Freshness, KeyValue, Kv, Read, Txn};
 
 /// How many times a transaction that lost a race is retried before code 11.

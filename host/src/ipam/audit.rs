@@ -225,7 +225,7 @@ mod tests {
         // Orphan an address: drop one's attachment key. Orphan an attachment: drop two's address key.
         m.txn(Txn::new().delete(a.keys().attachment("podnet", "one", "eth0")))
             .unwrap();
-        let block = crate::ipam::cidr::Cidr::parse(&r2.ips[0].block).unwrap();
+        let block = crate::ip::cidr::Cidr::parse(&r2.ips[0].block).unwrap();
         let ip2 = r2.ips[0]
             .address
             .split('/')

@@ -9,8 +9,8 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use super::cidr::{from_u128, to_u128, Cidr};
-use crate::cni::config::PoolConf;
+use crate::config::PoolConf;
+use crate::ip::cidr::{from_u128, to_u128, Cidr};
 
 /// The blocks of a pool.
 #[derive(Debug, Clone, Copy)]

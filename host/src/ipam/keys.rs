@@ -14,7 +14,7 @@
 
 use std::net::IpAddr;
 
-use super::cidr::Cidr;
+use crate::ip::cidr::Cidr;
 
 /// Builds keys under one prefix.
 #[derive(Debug, Clone)]

@@ -10,7 +10,6 @@
 pub mod allocator;
 pub mod audit;
 pub mod block;
-pub mod cidr;
 pub mod keys;
 pub mod model;
 

@@ -5,9 +5,6 @@
 
 #[cfg(feature = "wasm")]
 pub mod cache;
-pub mod conf;
-#[cfg(feature = "wasm")]
-pub mod helper;
 #[cfg(feature = "wasm")]
 pub mod wasm;
 
@@ -15,8 +12,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::cni::config::{NetConf, PoolConf};
 use crate::cni::env::Env;
+use crate::config::{NetConf, PoolConf};
 use crate::error::{Error, Result};
 use crate::store::Kv;
 
@@ -149,8 +146,12 @@ pub fn load(conf: &NetConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
 }
 
 #[cfg(feature = "wasm")]
-fn load_wasm(conf: &NetConf, pc: &conf::PolicyConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
-    if let Some(remote) = helper::connect(conf, pc, &kv) {
+fn load_wasm(
+    conf: &NetConf,
+    pc: &crate::config::policy::PolicyConf,
+    kv: Arc<dyn Kv>,
+) -> Result<Box<dyn Policy>> {
+    if let Some(remote) = crate::agent::policy::connect(conf, pc, &kv) {
         return Ok(Box::new(remote));
     }
     load_wasm_in_process(conf, pc, kv)
@@ -158,9 +159,9 @@ fn load_wasm(conf: &NetConf, pc: &conf::PolicyConf, kv: Arc<dyn Kv>) -> Result<B
 
 /// The component loaded in this process (no helper, or the helper failed).
 #[cfg(feature = "wasm")]
-fn load_wasm_in_process(
+pub(crate) fn load_wasm_in_process(
     conf: &NetConf,
-    pc: &conf::PolicyConf,
+    pc: &crate::config::policy::PolicyConf,
     kv: Arc<dyn Kv>,
 ) -> Result<Box<dyn Policy>> {
     let view = wasm::HostView::new(
@@ -171,7 +172,7 @@ fn load_wasm_in_process(
     );
     match wasm::WasmPolicy::load(pc, view) {
         Ok(p) => Ok(Box::new(p)),
-        Err(e) if pc.failure_policy == conf::FailurePolicy::Default => {
+        Err(e) if pc.failure_policy == crate::config::policy::FailurePolicy::Default => {
             log::warn!("{e}; failurePolicy is \"default\": using the built-in policy");
             Ok(Box::new(DefaultPolicy))
         }

@@ -31,7 +31,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::cache;
 use super::{Allocation, Family, Naming, Pod, Policy};
-use crate::cni::config::PoolConf;
+use crate::config::PoolConf;
 use crate::error::{Error, Result};
 
 mod deadline;
@@ -196,7 +196,7 @@ fn link_wasi_with<T: WasiView + 'static>(
     Ok(())
 }
 
-pub use super::conf::{
+pub use crate::config::policy::{
     FailurePolicy, PolicyConf, DEFAULT_CACHE_DIR, DEFAULT_FUEL, DEFAULT_MEMORY_MB,
     DEFAULT_PERSIST_MS, DEFAULT_TIMEOUT_MS,
 };

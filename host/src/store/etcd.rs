@@ -21,7 +21,7 @@ use etcd_client::{
 use tokio::time::Instant;
 
 use super::{Compare, Freshness, KeyValue, Kv, Op, Read, Txn};
-use crate::cni::config::EtcdConf;
+use crate::config::EtcdConf;
 use crate::error::{Error, Result};
 
 pub struct EtcdStore {

@@ -6,12 +6,10 @@
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
-#[cfg(feature = "etcd")]
-pub mod helper;
 pub mod local;
 pub mod memory;
 
-use crate::cni::config::StoreConf;
+use crate::config::StoreConf;
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
 
@@ -141,7 +139,7 @@ pub fn open(conf: &StoreConf) -> Result<std::sync::Arc<dyn Kv>> {
             Ok(std::sync::Arc::new(local::LocalStore::open(data_dir)?))
         }
         #[cfg(feature = "etcd")]
-        StoreConf::Etcd(e) => helper::open(e),
+        StoreConf::Etcd(e) => crate::agent::store::open(e),
         #[cfg(not(feature = "etcd"))]
         StoreConf::Etcd(_) => Err(crate::error::Error::UnsupportedField {
             field: "ipam.store.type".into(),

@@ -5,14 +5,14 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::cni::config::PoolConf;
+use crate::config::PoolConf;
+use crate::ip::cidr::{from_u128, to_u128};
 use crate::ipam::block::Layout;
-use crate::ipam::cidr::{from_u128, to_u128};
 use crate::ipam::Allocator;
 use crate::store::Kv;
 
 /// This node's blocks of a pool with their used sets, as the view first read them.
-type OwnBlocks = Vec<(crate::ipam::cidr::Cidr, BTreeSet<u128>)>;
+type OwnBlocks = Vec<(crate::ip::cidr::Cidr, BTreeSet<u128>)>;
 
 /// The read-only view of the store a policy's `host` imports answer from. Each
 /// pool's blocks are read once per view (one ADD) and remembered: a policy that

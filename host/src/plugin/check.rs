@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::Invocation;
 use crate::cni::result::CniResult;
 use crate::error::{Error, Result};
-use crate::ipam::cidr::Cidr;
+use crate::ip::cidr::Cidr;
 use crate::ipam::Allocator;
 use crate::net::link::Netlink;
 use crate::store;
@@ -65,7 +65,7 @@ pub fn run(inv: &Invocation) -> Result<()> {
         ))
     })?;
     if let Some(mac) = &prev.interfaces[ours].mac {
-        let have = link.mac.as_ref().map(crate::cni::config::format_mac);
+        let have = link.mac.as_ref().map(crate::config::format_mac);
         if have.as_deref() != Some(mac.as_str()) {
             return Err(fail(format!(
                 "{} has MAC {have:?}, prevResult says {mac}",

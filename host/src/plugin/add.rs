@@ -8,12 +8,12 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use super::{fault_point, Invocation};
-use crate::cni::config::{format_mac, NetConf, PoolConf};
 use crate::cni::env::validate_ifname;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route as ResultRoute};
+use crate::config::{format_mac, NetConf, PoolConf};
 use crate::error::{Error, Result};
+use crate::ip::cidr::Cidr;
 use crate::ipam::block::Layout;
-use crate::ipam::cidr::Cidr;
 use crate::ipam::{Allocator, AttachmentRecord, Owner, Want};
 use crate::net::link::{Link, Netlink, Route};
 use crate::net::netns::NetNs;
@@ -406,7 +406,7 @@ fn addresses(record: &AttachmentRecord) -> Result<Vec<(IpAddr, Cidr)>> {
 }
 
 fn gateway_of(block: &Cidr) -> IpAddr {
-    crate::ipam::cidr::from_u128(block.first() + 1, block.is_ipv4())
+    crate::ip::cidr::from_u128(block.first() + 1, block.is_ipv4())
 }
 
 /// The links of bridge mode, made before the addresses are known: the bridge,

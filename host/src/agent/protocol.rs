@@ -80,11 +80,11 @@ pub fn allow_spawn() {
 /// when this process is not one.
 pub fn main_if_helper() -> Option<i32> {
     #[cfg(feature = "etcd")]
-    if let Some(code) = crate::store::helper::main_if_helper() {
+    if let Some(code) = crate::agent::store::main_if_helper() {
         return Some(code);
     }
     #[cfg(feature = "wasm")]
-    if let Some(code) = crate::policy::helper::main_if_helper() {
+    if let Some(code) = crate::agent::policy::main_if_helper() {
         return Some(code);
     }
     None
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn every_socket_in_the_longest_accepted_lock_dir_fits_sun_path() {
-        use crate::cni::config::MAX_LOCK_DIR_LEN;
+        use crate::config::MAX_LOCK_DIR_LEN;
         let dir = PathBuf::from(format!("/{}", "d".repeat(MAX_LOCK_DIR_LEN - 1)));
         // sun_path holds 108 bytes with its NUL.
         let room =

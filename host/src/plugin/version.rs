@@ -2,9 +2,9 @@
 
 use serde_json::Value;
 
-use crate::cni::config::peek_version;
 use crate::cni::result::version_json;
 use crate::cni::version::{LATEST, SUPPORTED};
+use crate::config::peek_version;
 
 pub fn run(stdin: &[u8]) -> Value {
     let v = peek_version(stdin)

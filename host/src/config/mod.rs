@@ -2,6 +2,8 @@
 //! side effect. Errors name the field (`ipam.pools[0].subnet`) and carry code 7
 //! (or 1 for the version, 6 for JSON that does not decode).
 
+pub mod policy;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -9,10 +11,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::env::validate_ifname;
-use super::version;
+use crate::cni::env::validate_ifname;
+use crate::cni::version;
 use crate::error::{Error, Result};
-use crate::ipam::cidr::Cidr;
+use crate::ip::cidr::Cidr;
 
 /// Default bridge name.
 pub const DEFAULT_BRIDGE: &str = "ohno0";
@@ -252,7 +254,7 @@ pub struct NetConf {
     pub requests: Requests,
     pub prev_result: Option<Value>,
     /// The `policy` section: a WebAssembly policy component and its limits.
-    pub policy: Option<crate::policy::conf::PolicyConf>,
+    pub policy: Option<crate::config::policy::PolicyConf>,
     /// GC: the attachments the runtime still uses (`cni.dev/valid-attachments`, or
     /// the older `cni.dev/attachments`).
     pub valid_attachments: Option<Vec<GcAttachment>>,
@@ -352,7 +354,7 @@ impl NetConf {
             policy: raw
                 .policy
                 .as_ref()
-                .map(crate::policy::conf::PolicyConf::parse)
+                .map(crate::config::policy::PolicyConf::parse)
                 .transpose()?,
             valid_attachments: raw.valid_attachments.or(raw.attachments),
         })
@@ -631,7 +633,7 @@ fn parse_pool(i: usize, p: &RawPool) -> Result<PoolConf> {
     let range_start = parse_bound(&p.range_start, "rangeStart")?;
     let range_end = parse_bound(&p.range_end, "rangeEnd")?;
     if let (Some(s), Some(e)) = (range_start, range_end) {
-        if crate::ipam::cidr::to_u128(s) > crate::ipam::cidr::to_u128(e) {
+        if crate::ip::cidr::to_u128(s) > crate::ip::cidr::to_u128(e) {
             return Err(Error::config(
                 f("rangeEnd"),
                 format!("{e} is before rangeStart {s}"),

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ohno::cni::config::{GcAttachment, NetConf};
+use ohno::config::{GcAttachment, NetConf};
 use ohno::error::{Error, Result};
 use ohno::ipam::allocator::BlockRecord;
 use ohno::ipam::block::Layout;
@@ -326,7 +326,7 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                 (ohno::policy::Family::V4, "ipv4"),
                 (ohno::policy::Family::V6, "ipv6"),
             ] {
-                let of_family: Vec<&ohno::cni::config::PoolConf> = pool_confs
+                let of_family: Vec<&ohno::config::PoolConf> = pool_confs
                     .iter()
                     .filter(|p| ohno::policy::Family::of_pool(p) == fam)
                     .collect();
@@ -417,7 +417,7 @@ fn offline_conf(
 /// which this node holds the used addresses.
 /// The offline node state: its pools, the view a policy gets, and its store.
 type OfflineView = (
-    Vec<ohno::cni::config::PoolConf>,
+    Vec<ohno::config::PoolConf>,
     ohno::policy::wasm::HostView,
     std::sync::Arc<dyn ohno::store::Kv>,
 );
@@ -513,7 +513,7 @@ fn host_would_give(
     kv: &dyn ohno::store::Kv,
     node: &str,
     family: &str,
-    of_family: &[&ohno::cni::config::PoolConf],
+    of_family: &[&ohno::config::PoolConf],
     decision: &ohno::policy::Allocation,
 ) -> Option<Value> {
     use ohno::ipam::{Owner, Want};
@@ -792,7 +792,7 @@ fn release(
     ohno::cni::env::validate_container_id(container)?;
     ohno::cni::env::validate_cni_ifname(ifname)?;
     if let Some(n) = &network {
-        ohno::cni::config::validate_network_name(n)?;
+        ohno::config::validate_network_name(n)?;
     }
     let (conf, kv) = open(config)?;
     let alloc = Allocator::from_conf(&*kv, &conf);

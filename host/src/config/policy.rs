@@ -86,7 +86,7 @@ impl PolicyConf {
             memory_mb: num("memoryMB", DEFAULT_MEMORY_MB, 1..=4096)?,
             fuel: num("fuel", DEFAULT_FUEL, 1_000..=u64::MAX / 2)?,
             failure_policy,
-            cache_dir: crate::cni::config::node_dir(
+            cache_dir: crate::config::node_dir(
                 "policy.cacheDir",
                 obj.get("cacheDir")
                     .and_then(|c| c.as_str())

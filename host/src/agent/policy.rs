@@ -40,11 +40,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::wasm::{HostView, Loaded, PolicyConf, WasmPolicy};
-use super::{Allocation, Family, Naming, Pod, Policy};
-use crate::cni::config::{NetConf, PoolConf, StoreConf};
+use crate::agent::protocol::{receive, send, WireError};
+use crate::config::{NetConf, PoolConf, StoreConf};
 use crate::error::{Error, Result};
-use crate::helper::{receive, send, WireError};
+use crate::policy::wasm::{HostView, Loaded, PolicyConf, WasmPolicy};
+use crate::policy::{Allocation, Family, Naming, Pod, Policy};
 use crate::store::Kv;
 
 /// The environment variable that makes `ohno` the policy helper.
@@ -87,9 +87,13 @@ impl Identity {
             "{PROTOCOL}\n{:?}\n{}\n{}",
             self,
             crate::file_identity(&self.policy.path).ok()?,
-            crate::helper::netns_identity()?
+            crate::agent::protocol::netns_identity()?
         );
-        Some(crate::helper::socket_path(&self.lock_dir, KIND, &id))
+        Some(crate::agent::protocol::socket_path(
+            &self.lock_dir,
+            KIND,
+            &id,
+        ))
     }
 }
 
@@ -136,7 +140,7 @@ pub fn connect(conf: &NetConf, policy: &PolicyConf, kv: &Arc<dyn Kv>) -> Option<
     // Each call is bounded by timeoutMs in the helper; configure and a
     // decision, plus a margin for a loaded machine.
     let budget = Duration::from_millis(2 * policy.timeout_ms + 2000);
-    match crate::helper::connect(&socket, budget) {
+    match crate::agent::protocol::connect(&socket, budget) {
         Ok(mut stream) => {
             let hello = Request::Hello {
                 level: log::max_level().to_string(),
@@ -163,7 +167,7 @@ pub fn connect(conf: &NetConf, policy: &PolicyConf, kv: &Arc<dyn Kv>) -> Option<
             log::debug!("policy: no helper at {} ({e})", socket.display());
             let start = Start { identity, socket };
             if let Ok(doc) = serde_json::to_string(&start) {
-                crate::helper::spawn(KIND, ENV, NAME, &doc, &start.socket);
+                crate::agent::protocol::spawn(KIND, ENV, NAME, &doc, &start.socket);
             }
             None
         }
@@ -195,7 +199,7 @@ impl Remote {
     fn local(&mut self) -> Result<&mut Box<dyn Policy>> {
         if self.local.is_none() {
             let pc = self.policy_conf()?;
-            self.local = Some(super::load_wasm_in_process(
+            self.local = Some(crate::policy::load_wasm_in_process(
                 &self.conf,
                 pc,
                 self.kv.clone(),
@@ -243,14 +247,14 @@ impl Remote {
                     // The component could not be instantiated or configured:
                     // as an in-process load would have said.
                     let pc = self.policy_conf()?.clone();
-                    super::wasm::tolerate(&pc, Err(e.into()), ())?;
-                    self.local = Some(Box::new(super::DefaultPolicy));
+                    crate::policy::wasm::tolerate(&pc, Err(e.into()), ())?;
+                    self.local = Some(Box::new(crate::policy::DefaultPolicy));
                     return Ok(None);
                 }
                 Some(other) => {
                     return Err(Error::Store(format!(
                         "the policy helper opened with {}",
-                        crate::helper::bounded_debug(&other)
+                        crate::agent::protocol::bounded_debug(&other)
                     )))
                 }
                 None => return Ok(None),
@@ -283,7 +287,7 @@ impl Policy for Remote {
             Some(Reply::Failed(e)) => Err(e.into()),
             Some(other) => Err(Error::Store(format!(
                 "the policy helper answered allocate with {}",
-                crate::helper::bounded_debug(&other)
+                crate::agent::protocol::bounded_debug(&other)
             ))),
             None => self.local()?.allocate(pod, family, pools),
         }
@@ -295,7 +299,7 @@ impl Policy for Remote {
             Some(Reply::Failed(e)) => Err(e.into()),
             Some(other) => Err(Error::Store(format!(
                 "the policy helper answered name-interface with {}",
-                crate::helper::bounded_debug(&other)
+                crate::agent::protocol::bounded_debug(&other)
             ))),
             None => self.local()?.name_interface(pod),
         }
@@ -305,7 +309,7 @@ impl Policy for Remote {
         if let Some(local) = self.local.as_mut() {
             return local.reject(err);
         }
-        super::wasm::tolerate(self.policy_conf()?, Err(err), ())
+        crate::policy::wasm::tolerate(self.policy_conf()?, Err(err), ())
     }
 }
 
@@ -496,11 +500,11 @@ fn converse(served: &Served, mut stream: UnixStream) {
 /// `ohno`'s entry point when started as the policy helper: `Some(exit code)`,
 /// or `None` when this process is not one.
 pub fn main_if_helper() -> Option<i32> {
-    if crate::helper::role().as_deref() != Some(KIND) {
+    if crate::agent::protocol::role().as_deref() != Some(KIND) {
         return None;
     }
     let doc = std::env::var(ENV).ok()?;
-    crate::helper::close_inherited_descriptors();
+    crate::agent::protocol::close_inherited_descriptors();
     let start: Start = serde_json::from_str(&doc).ok()?;
     if log::set_boxed_logger(Box::new(Capture)).is_ok() {
         log::set_max_level(log::LevelFilter::Trace);
@@ -508,7 +512,7 @@ pub fn main_if_helper() -> Option<i32> {
     let identity = start.identity;
     let still = identity.clone();
     let socket: &Path = &start.socket;
-    let served = crate::helper::serve(
+    let served = crate::agent::protocol::serve(
         socket,
         Duration::from_millis(identity.policy.persist_ms),
         move || {

@@ -25,10 +25,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Freshness, KeyValue, Kv, Read, Txn};
-use crate::cni::config::EtcdConf;
+use crate::agent::protocol::{receive, send, timed_out, WireError};
+use crate::config::EtcdConf;
 use crate::error::{Error, Result};
-use crate::helper::{receive, send, timed_out, WireError};
+use crate::store::{Freshness, KeyValue, Kv, Read, Txn};
 
 /// The environment variable that makes `ohno` the etcd helper (its value: the
 /// [`Start`] document).
@@ -84,7 +84,7 @@ pub fn socket_path(conf: &EtcdConf) -> Option<PathBuf> {
         conf.timeout_ms,
         conf.retries,
         conf.persist_ms,
-        crate::helper::netns_identity()?
+        crate::agent::protocol::netns_identity()?
     );
     for file in [&conf.ca_file, &conf.cert_file, &conf.key_file]
         .into_iter()
@@ -93,35 +93,35 @@ pub fn socket_path(conf: &EtcdConf) -> Option<PathBuf> {
         let identity = crate::file_identity(file).ok()?;
         id.push_str(&format!("{} {identity}\n", file.display()));
     }
-    Some(crate::helper::socket_path(dir, KIND, &id))
+    Some(crate::agent::protocol::socket_path(dir, KIND, &id))
 }
 
 /// The store for `conf`: through a running helper when there is one, else
 /// in-process (starting a helper for the next calls, when allowed).
 pub fn open(conf: &EtcdConf) -> Result<Arc<dyn Kv>> {
     let Some(socket) = socket_path(conf) else {
-        return Ok(Arc::new(super::etcd::EtcdStore::open(conf)?));
+        return Ok(Arc::new(crate::store::etcd::EtcdStore::open(conf)?));
     };
-    match crate::helper::connect(&socket, budget(conf)) {
+    match crate::agent::protocol::connect(&socket, budget(conf)) {
         Ok(stream) => {
             log::debug!("etcd: through the helper at {}", socket.display());
             let fallback = conf.clone();
             Ok(Arc::new(Remote::new(
                 stream,
                 Box::new(move || {
-                    Ok(Arc::new(super::etcd::EtcdStore::open(&fallback)?) as Arc<dyn Kv>)
+                    Ok(Arc::new(crate::store::etcd::EtcdStore::open(&fallback)?) as Arc<dyn Kv>)
                 }),
             )))
         }
         Err(e) => {
             log::debug!("etcd: no helper at {} ({e})", socket.display());
-            let direct = super::etcd::EtcdStore::open(conf)?;
+            let direct = crate::store::etcd::EtcdStore::open(conf)?;
             let start = Start {
                 conf: conf.clone(),
                 socket: socket.clone(),
             };
             if let Ok(doc) = serde_json::to_string(&start) {
-                crate::helper::spawn(KIND, ENV, NAME, &doc, &socket);
+                crate::agent::protocol::spawn(KIND, ENV, NAME, &doc, &socket);
             }
             Ok(Arc::new(direct))
         }
@@ -131,7 +131,9 @@ pub fn open(conf: &EtcdConf) -> Result<Arc<dyn Kv>> {
 /// The longest a helper may take over one request: every attempt's timeout and
 /// the back-off between attempts, plus a margin.
 fn budget(conf: &EtcdConf) -> Duration {
-    let backoff: Duration = (0..conf.retries).map(super::etcd::failover_backoff).sum();
+    let backoff: Duration = (0..conf.retries)
+        .map(crate::store::etcd::failover_backoff)
+        .sum();
     Duration::from_millis(conf.timeout_ms * u64::from(conf.retries) + 1000) + backoff
 }
 
@@ -200,11 +202,11 @@ impl Remote {
             Some(Reply::Failed(e)) => Err(e.into()),
             Some(reply) => {
                 // Only the start of each: a reply can be megabytes of keys.
-                let what = crate::helper::bounded_debug(&reply);
+                let what = crate::agent::protocol::bounded_debug(&reply);
                 pick(reply).ok_or_else(|| {
                     Error::Store(format!(
                         "the etcd helper answered {} with {what}",
-                        crate::helper::bounded_debug(&req)
+                        crate::agent::protocol::bounded_debug(&req)
                     ))
                 })
             }
@@ -302,12 +304,12 @@ fn keys_of(req: &Request) -> Vec<&str> {
     }
     fn of_txn(t: &Txn) -> impl Iterator<Item = &str> {
         let compares = t.compares.iter().map(|c| match c {
-            super::Compare::CreateRevision(k, _)
-            | super::Compare::ModRevision(k, _)
-            | super::Compare::Value(k, _) => k.as_str(),
+            crate::store::Compare::CreateRevision(k, _)
+            | crate::store::Compare::ModRevision(k, _)
+            | crate::store::Compare::Value(k, _) => k.as_str(),
         });
         let ops = t.success.iter().chain(&t.failure).map(|o| match o {
-            super::Op::Put(k, _) | super::Op::Delete(k) => k.as_str(),
+            crate::store::Op::Put(k, _) | crate::store::Op::Delete(k) => k.as_str(),
         });
         compares.chain(ops)
     }
@@ -358,19 +360,19 @@ fn serve_connection(kv: &dyn Kv, prefix: &str, mut stream: UnixStream) {
 /// `ohno`'s entry point when started as the etcd helper: `Some(exit code)`,
 /// or `None` when this process is not one.
 pub fn main_if_helper() -> Option<i32> {
-    if crate::helper::role().as_deref() != Some(KIND) {
+    if crate::agent::protocol::role().as_deref() != Some(KIND) {
         return None;
     }
     let doc = std::env::var(ENV).ok()?;
-    crate::helper::close_inherited_descriptors();
+    crate::agent::protocol::close_inherited_descriptors();
     let start: Start = serde_json::from_str(&doc).ok()?;
     let conf = start.conf;
-    let served = crate::helper::serve(
+    let served = crate::agent::protocol::serve(
         &start.socket,
         Duration::from_millis(conf.persist_ms),
         || {
             let kv: Arc<dyn Kv> = Arc::new(
-                super::etcd::EtcdStore::open(&conf)
+                crate::store::etcd::EtcdStore::open(&conf)
                     .map_err(|e| std::io::Error::other(e.to_string()))?,
             );
             let prefix = conf.prefix.clone();

@@ -13,10 +13,10 @@ use std::io::{Read, Write};
 
 use serde_json::Value;
 
-use crate::cni::config::{peek_version, NetConf};
 use crate::cni::env::{Command, Env};
 use crate::cni::result::error_json;
 use crate::cni::version::{self as ver, Version};
+use crate::config::{peek_version, NetConf};
 use crate::error::{Error, Result};
 use crate::ipam::AttachmentId;
 

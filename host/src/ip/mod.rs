@@ -1,0 +1,5 @@
+//! Address math used everywhere: CIDRs and their arithmetic.
+
+pub mod cidr;
+
+pub use cidr::Cidr;
