@@ -23,6 +23,7 @@ pub mod code {
     pub const POLICY_FAULT: u32 = 104;
     pub const STORE: u32 = 105;
     pub const CHECK_FAILED: u32 = 106;
+    pub const AGENT: u32 = 107;
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -80,6 +81,15 @@ pub enum Error {
     /// CHECK found the attachment different from what ADD made.
     #[error("check failed: {0}")]
     CheckFailed(String),
+    /// The node agent (or an on-demand server) answered with something the
+    /// plugin cannot use. A server that is down, refuses or is slow is not
+    /// this: the call then completes in-process.
+    #[error("agent: {0}")]
+    Agent(String),
+    /// An error the agent met doing this call's work, with the code it has
+    /// there (an I/O or decode failure in the server).
+    #[error("{msg}")]
+    Relayed { code: u32, msg: String },
 }
 
 impl Error {
@@ -103,6 +113,8 @@ impl Error {
             Error::PolicyFault { .. } => POLICY_FAULT,
             Error::Store(_) => STORE,
             Error::CheckFailed(_) => CHECK_FAILED,
+            Error::Agent(_) => AGENT,
+            Error::Relayed { code, .. } => *code,
         }
     }
 
@@ -139,7 +151,9 @@ impl Error {
             | Error::TryAgainLater(s)
             | Error::NotAvailable(s)
             | Error::Store(s)
-            | Error::CheckFailed(s) => s.clone(),
+            | Error::CheckFailed(s)
+            | Error::Agent(s) => s.clone(),
+            Error::Relayed { msg, .. } => msg.clone(),
             Error::Io { .. } | Error::Netlink { .. } | Error::Decode { .. } => self.to_string(),
         }
     }
@@ -163,6 +177,8 @@ impl Error {
             Error::PolicyFault { .. } => "policy fault",
             Error::Store(_) => "store failure",
             Error::CheckFailed(_) => "check failed",
+            Error::Agent(_) => "node agent failure",
+            Error::Relayed { .. } => "failure in the node agent",
         }
     }
 

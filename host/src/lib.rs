@@ -2,12 +2,13 @@
 //! addresses in a transactional key-value store (embedded local store or etcd),
 //! and delegates allocation and naming decisions to a policy.
 //!
-//! Module map: `ip` (address math), `cni` (spec types), `config` (the network
-//! configuration), `plugin` (one file per verb), `ipam` (pure
-//! allocation logic on `store::Kv`), `store` (the Kv trait and its backends),
-//! `net` (netlink plumbing), `policy` (the decision seam and the built-in default),
-//! `nodefs` (the node-local directories and files root trusts), `agent` (the
-//! node-local helper processes: socket, framing, bounds, what they serve).
+//! Module map, lowest layer first (a module never imports one above it; see
+//! host/README.md): `ip` (address math), `cni` (spec types), `config` (the
+//! network configuration), `nodefs` (the node-local directories and files root
+//! trusts), `store` (the Kv trait and its backends), `ipam` (allocation on
+//! `store::Kv`), `net` (netlink plumbing), `policy` (the decision seam, the
+//! built-in default, the WebAssembly host), `agent` (the node agent `ohnod`:
+//! protocol, server, clients), `plugin` (the CNI verbs).
 
 pub mod agent;
 pub mod cni;

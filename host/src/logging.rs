@@ -120,7 +120,7 @@ pub fn escape_control(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// UTC time as RFC 3339 with milliseconds, without a date crate.
-fn timestamp() -> String {
+pub fn timestamp() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

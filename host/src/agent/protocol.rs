@@ -1,95 +1,41 @@
-//! Node-local helper processes: what the plugin keeps warm between its calls.
+//! The one wire protocol between the plugin and `ohnod` (either mode):
+//! framing, its bounds, and every message.
 //!
-//! Every plugin call is a new process. What a call would otherwise rebuild
-//! every time — an etcd connection (a TLS handshake), a policy component
-//! (engine, component, linker) — is kept by a helper that the first call
-//! starts (`ohno` re-executed with an environment variable naming what to
-//! serve, detached: own process group, stdio on /dev/null, no inherited
-//! descriptors) and that later calls reach over a Unix socket, the way
-//! `ssh -o ControlPersist` keeps a master connection. This module is what the
-//! two helpers share: the socket and its lock, spawning, the serve loop,
-//! framing, and errors that keep their CNI code across the socket. What each
-//! serves is in `store::helper` (etcd) and `policy::helper` (policies).
+//! - A frame is a little-endian u32 length and that many bytes of JSON; no
+//!   frame over [`MAX_FRAME`] is sent or accepted, and a body is read as it
+//!   arrives (a header alone allocates nothing).
+//! - Every connection opens with a [`Hello`] naming [`PROTOCOL`] and one
+//!   [`Service`]; the server answers with a [`Greeting`] and the connection is
+//!   that service's until it closes. A server that does not speak the
+//!   caller's version refuses it, and the caller works in-process.
+//! - Both sides check the peer's uid (SO_PEERCRED); sockets are 0600 in a
+//!   directory only the uid may write.
+//! - Errors cross as [`WireError`], keeping their CNI code and text.
 //!
-//! - `<dir>/<kind>-<hash>.sock`, mode 0600, served only to peers with the
-//!   helper's uid; the hash covers everything the helper's state depends on,
-//!   so a changed config gets a helper of its own.
-//! - `<dir>/<kind>-<hash>.lock`: the helper's exclusive `flock` for its whole
-//!   life, and its PID. A caller that finds it free knows no helper runs.
-//! - A helper exits after `persistMs` without a connected caller, when its
-//!   socket is removed or replaced, or when what it was started for no longer
-//!   holds (a certificate or component file changed).
-//! - Callers never depend on a helper: one that is missing, dies or answers
-//!   garbage is replaced by doing the work in-process.
+//! Sockets, in a lock directory (`ipam.lockDir`, default /run/ohno):
+//! `ohnod.sock` (the agent), `etcd-<hash>.sock` and `policy-<hash>.sock`
+//! (on-demand servers; the hash covers everything the server's state depends
+//! on), each with its `.lock` (the server's `flock` and PID).
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{EtcdConf, NetConf, PoolConf, StoreConf};
 use crate::error::Error;
+use crate::policy::{Allocation, Family, Naming, Pod};
+use crate::store::{Freshness, KeyValue, Read, Txn};
 
 /// Largest frame either side accepts or sends.
 pub const MAX_FRAME: usize = 64 << 20;
 /// How much of a frame's body is allocated before its bytes arrive: a header
 /// alone never makes the reader allocate more.
 const READ_CHUNK: usize = 64 << 10;
-/// How often a helper checks its socket, what it serves, and its idleness.
-const TICK: Duration = Duration::from_millis(250);
-/// How long a helper waits for a connected caller's next request, and for a
-/// caller to take a reply, before it drops the connection: a caller is one
-/// CNI call, which never pauses that long between two requests.
-const CONNECTION_IDLE: Duration = Duration::from_secs(30);
-const CONNECTION_WRITE: Duration = Duration::from_secs(10);
-/// At most this many connections are served at once; one more is closed at
-/// once (its caller does the work in-process), so a flood of connections
-/// costs the helper no more than this many threads.
-const MAX_WORKERS: usize = 64;
-/// A worker thread with nothing to do for this long exits.
-const WORKER_IDLE: Duration = Duration::from_secs(10);
-
-/// The first argument that makes `ohno` a helper: `ohno --helper <kind>`, with
-/// what to serve in the kind's environment variable. Only this argument does:
-/// the variable alone (an `ohno` run with a stray environment) is ignored.
-pub const ROLE_ARG: &str = "--helper";
-
-/// The helper kind this process was started as (`ohno --helper <kind>`), if any.
-pub fn role() -> Option<String> {
-    let mut args = std::env::args_os().skip(1);
-    if args.next()? != ROLE_ARG {
-        return None;
-    }
-    args.next()?.into_string().ok()
-}
-
-/// Only the plugin binary starts helpers (not `ohnoctl`, not tests linking the
-/// library): set by `ohno`'s `main`.
-static MAY_SPAWN: AtomicBool = AtomicBool::new(false);
-
-/// Let this process start helpers when it finds none.
-pub fn allow_spawn() {
-    MAY_SPAWN.store(true, Ordering::Relaxed);
-}
-
-/// `ohno`'s entry point when started as a helper: `Some(exit code)`, or `None`
-/// when this process is not one.
-pub fn main_if_helper() -> Option<i32> {
-    #[cfg(feature = "etcd")]
-    if let Some(code) = crate::agent::store::main_if_helper() {
-        return Some(code);
-    }
-    #[cfg(feature = "wasm")]
-    if let Some(code) = crate::agent::policy::main_if_helper() {
-        return Some(code);
-    }
-    None
-}
-
 /// The socket for helper state identified by `id`, in `dir`.
 pub fn socket_path(dir: &Path, kind: &str, id: &str) -> PathBuf {
     let hash = crate::ipam::fnv1a64(&[
@@ -106,14 +52,32 @@ pub fn netns_identity() -> Option<String> {
     Some(format!("netns {}:{}", ns.dev(), ns.ino()))
 }
 
-/// An error crossing a helper's socket, keeping what decides the CNI code.
-#[derive(Debug, Serialize, Deserialize)]
+/// An error crossing the socket, keeping its CNI code and text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WireError {
-    Config { field: String, msg: String },
+    Config {
+        field: String,
+        msg: String,
+    },
     TryAgain(String),
-    PolicyDenied { policy: String, reason: String },
-    PolicyFault { policy: String, reason: String },
+    PolicyDenied {
+        policy: String,
+        reason: String,
+    },
+    PolicyFault {
+        policy: String,
+        reason: String,
+    },
     Store(String),
+    Agent(String),
+    /// The server will not do this work (another configuration, protocol or
+    /// namespace): the caller does it in-process.
+    Refused(String),
+    /// Any other error, by its code and text.
+    Other {
+        code: u32,
+        msg: String,
+    },
 }
 
 impl From<Error> for WireError {
@@ -124,7 +88,11 @@ impl From<Error> for WireError {
             Error::PolicyDenied { policy, reason } => WireError::PolicyDenied { policy, reason },
             Error::PolicyFault { policy, reason } => WireError::PolicyFault { policy, reason },
             Error::Store(m) => WireError::Store(m),
-            other => WireError::Store(other.to_string()),
+            Error::Agent(m) => WireError::Agent(m),
+            other => WireError::Other {
+                code: other.code(),
+                msg: other.to_string(),
+            },
         }
     }
 }
@@ -137,6 +105,9 @@ impl From<WireError> for Error {
             WireError::PolicyDenied { policy, reason } => Error::PolicyDenied { policy, reason },
             WireError::PolicyFault { policy, reason } => Error::PolicyFault { policy, reason },
             WireError::Store(m) => Error::Store(m),
+            WireError::Agent(m) => Error::Agent(m),
+            WireError::Refused(m) => Error::Agent(format!("refused: {m}")),
+            WireError::Other { code, msg } => Error::Relayed { code, msg },
         }
     }
 }
@@ -229,72 +200,76 @@ pub fn connect(socket: &Path, budget: Duration) -> std::io::Result<UnixStream> {
     Ok(stream)
 }
 
-/// Whether a helper holds `lock` (its `flock`). A lock path that is not a
-/// plain file of ours counts as held: no helper is started over it.
-fn lock_held(lock: &Path) -> bool {
-    let f = match crate::nodefs::open_file(lock, crate::nodefs::Access::Read) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
-        Err(e) => {
-            log::debug!("helper lock {}: {e}", lock.display());
-            return true;
-        }
+/// Send one byte carrying `fd` (SCM_RIGHTS).
+pub fn send_fd(stream: &UnixStream, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let raw = fd.as_raw_fd();
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
     };
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; released when `f` closes.
-    let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-    !free
-}
-
-/// Start `ohno --helper <kind>` for `socket` (environment variable `env` =
-/// `doc`), detached, unless one already holds the socket's lock or this
-/// process may not start helpers.
-pub fn spawn(kind: &str, env: &str, name: &str, doc: &str, socket: &Path) {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    if !MAY_SPAWN.load(Ordering::Relaxed) || lock_held(&socket.with_extension("lock")) {
-        return;
-    }
-    // posix_spawn (no pre_exec): the caller pays a vfork, not a fork of its
-    // address space. Its own process group: a signal to the runtime's group
-    // does not reach it.
-    let spawned = Command::new("/proc/self/exe")
-        .arg0(name)
-        .arg(ROLE_ARG)
-        .arg(kind)
-        .env_clear()
-        .env(env, doc)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn();
-    match spawned {
-        Ok(child) => log::debug!(
-            "started {name} (pid {}) at {}",
-            child.id(),
-            socket.display()
-        ),
-        Err(e) => log::debug!("could not start {name}: {e}"),
-    }
-}
-
-/// The start of a helper process: nothing of the caller's stays open (a pod's
-/// netns, a pipe the runtime waits on); stdio is already /dev/null. What the
-/// helper creates (its socket) is for its own uid only, whatever umask the
-/// runtime had.
-pub fn close_inherited_descriptors() {
-    // SAFETY: close_range on descriptors this new process does not use;
-    // umask only sets this process's creation mask.
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: a msghdr pointing at live buffers of the given lengths; the
+    // control message is written inside `control` by the CMSG macros.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        libc::umask(0o177);
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), raw);
+        if libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receive the descriptor [`send_fd`] sent (close-on-exec).
+pub fn receive_fd(stream: &UnixStream) -> std::io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: as in send_fd; a received descriptor is owned by us once read.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let n = libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if n != 1
+            || cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no descriptor came with the message",
+            ));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>());
+        Ok(OwnedFd::from_raw_fd(fd))
     }
 }
 
 /// The uid of the peer of `stream`.
-fn peer_uid(stream: &UnixStream) -> Option<u32> {
+pub fn peer_uid(stream: &UnixStream) -> Option<u32> {
     use std::os::fd::AsRawFd;
     let mut cred = libc::ucred {
         pid: 0,
@@ -315,154 +290,218 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     (rc == 0).then_some(cred.uid)
 }
 
-/// A waiting worker's next connection, or `None` when it should exit: idle
-/// for [`WORKER_IDLE`] while no connection is on its way to a waiting worker.
-///
-/// `idle` counts waiting workers not yet promised a connection; the acceptor
-/// takes one off before it queues a connection. A worker leaves only by
-/// taking itself off the same count, so there are always as many waiting
-/// workers as queued connections.
-fn next_connection(
-    waiting: &std::sync::Mutex<std::sync::mpsc::Receiver<UnixStream>>,
-    idle: &AtomicUsize,
-) -> Option<UnixStream> {
-    use std::sync::mpsc::RecvTimeoutError;
-    let queue = waiting.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        match queue.recv_timeout(WORKER_IDLE) {
-            Ok(stream) => return Some(stream),
-            Err(RecvTimeoutError::Disconnected) => return None,
-            Err(RecvTimeoutError::Timeout) => {
-                let left = idle
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-                if left {
-                    return None;
-                }
-                // Every waiting worker is promised: a connection is coming.
-            }
+// ------------------------------------------------------------ the messages
+
+/// The protocol's version: the first field of every connection's first
+/// message. A server answers a version it does not speak with
+/// [`Greeting::Refused`] (the caller then works in-process); bumped when any
+/// message below changes shape.
+pub const PROTOCOL: u32 = 1;
+
+pub use crate::config::agent::AGENT_SOCKET;
+
+/// The first message of every connection: what the caller wants served.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub service: Service,
+}
+
+/// The services one server offers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Service {
+    /// Store operations ([`StoreRequest`]) on a connection to this etcd.
+    Store { conf: EtcdConf, identity: String },
+    /// One ADD's policy ([`PolicyRequest`]) in a fresh store; lines at
+    /// `level` and above come back with each answer.
+    Policy {
+        identity: PolicyIdentity,
+        level: String,
+    },
+    /// Delete the retired link `index` in the network namespace whose
+    /// descriptor follows the greeting (SCM_RIGHTS, one byte).
+    Reap { index: u32 },
+    /// A finished CNI call, for the metrics; nothing is answered.
+    Report(CallReport),
+    /// The agent's state ([`AgentStatus`]).
+    Status,
+}
+
+impl Service {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Service::Store { .. } => "store",
+            Service::Policy { .. } => "policy",
+            Service::Reap { .. } => "reaper",
+            Service::Report(_) => "report",
+            Service::Status => "status",
         }
     }
 }
 
-/// Be the helper on `socket`: take its lock (or leave: another helper has
-/// it), `setup` what is served, bind, and hand each connection to the
-/// handler on a thread of its own, until idle for `persist`, until the socket
-/// is no longer ours, or until `still_valid` says no.
-pub fn serve<H>(
-    socket: &Path,
-    persist: Duration,
-    setup: impl FnOnce() -> std::io::Result<H>,
-    still_valid: impl Fn() -> bool,
-) -> std::io::Result<()>
-where
-    H: Fn(UnixStream) + Send + Sync + 'static,
-{
-    if let Some(dir) = socket.parent() {
-        // Checked by the plugin before it started us; again, as it is ours now.
-        crate::nodefs::private_dir("ipam.lockDir", dir).map_err(std::io::Error::other)?;
+/// The server's answer to a [`Hello`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Greeting {
+    Welcome { protocol: u32, agent: String },
+    Refused(WireError),
+}
+
+/// Everything a policy service's state depends on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyIdentity {
+    pub policy: crate::config::policy::PolicyConf,
+    pub pools: Vec<PoolConf>,
+    pub store: StoreConf,
+    pub node: String,
+    pub lock_dir: PathBuf,
+}
+
+impl PolicyIdentity {
+    pub fn of(conf: &NetConf, policy: &crate::config::policy::PolicyConf) -> PolicyIdentity {
+        PolicyIdentity {
+            policy: policy.clone(),
+            pools: conf.ipam.pools.clone(),
+            store: conf.ipam.store.clone(),
+            node: conf.node.clone(),
+            lock_dir: conf.ipam.lock_dir.clone(),
+        }
     }
-    let mut lock = crate::nodefs::open_file(
-        &socket.with_extension("lock"),
-        crate::nodefs::Access::ReadWriteCreate,
-    )?;
+
+    /// The key of the loaded state this identity needs: the identity, the
+    /// component file's and the namespace's; `None` when the component file
+    /// cannot be seen (the in-process load reports why).
+    pub fn key(&self) -> Option<String> {
+        Some(format!(
+            "policy/{PROTOCOL}\n{:?}\n{}\n{}",
+            self,
+            crate::file_identity(&self.policy.path).ok()?,
+            netns_identity()?
+        ))
+    }
+}
+
+/// The key of an etcd connection's state: endpoints, prefix, timeouts, the
+/// network namespace and the identity of the CA, certificate and key files;
+/// `None` when a file cannot be seen (the in-process client reports it).
+pub fn store_key(conf: &EtcdConf) -> Option<String> {
+    let mut id = format!(
+        "store/{PROTOCOL}\n{:?}\n{}\n{}\n{}\n{}\n{}\n",
+        conf.endpoints,
+        conf.prefix,
+        conf.timeout_ms,
+        conf.retries,
+        conf.persist_ms,
+        netns_identity()?
+    );
+    for file in [&conf.ca_file, &conf.cert_file, &conf.key_file]
+        .into_iter()
+        .flatten()
     {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor we own, held until this process exits.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Ok(()); // Another helper serves this socket.
+        let identity = crate::file_identity(file).ok()?;
+        id.push_str(&format!("{} {identity}\n", file.display()));
+    }
+    Some(id)
+}
+
+/// One store operation, as [`crate::store::Kv`] has them.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum StoreRequest {
+    Get(String),
+    Range(String, bool),
+    ReadBatch(Vec<Read>, Freshness),
+    Txn(Txn),
+    TxnOrRead(Txn, Vec<Read>),
+    Ping,
+}
+
+impl StoreRequest {
+    /// The operation's name in metrics.
+    pub fn op(&self) -> &'static str {
+        match self {
+            StoreRequest::Get(_) => "get",
+            StoreRequest::Range(..) => "range",
+            StoreRequest::ReadBatch(..) => "read_batch",
+            StoreRequest::Txn(_) => "txn",
+            StoreRequest::TxnOrRead(..) => "txn_or_read",
+            StoreRequest::Ping => "ping",
         }
     }
-    lock.set_len(0)?;
-    lock.write_all(format!("{}\n", std::process::id()).as_bytes())?;
-    let handler = Arc::new(setup()?);
-    let _ = std::fs::remove_file(socket);
-    // 0700 by the umask set at start: a chmod by path could follow a link.
-    let listener = UnixListener::bind(socket)?;
-    let bound = std::fs::metadata(socket)?.ino();
-    listener.set_nonblocking(true)?;
-    let me = crate::nodefs::euid();
-    let open = Arc::new(AtomicUsize::new(0));
-    // Connections go to a worker thread that is already waiting when there is
-    // one (a new thread per connection costs its start on every call); a new
-    // worker is started only when all are busy, and stays for later ones.
-    let (to_idle, waiting) = std::sync::mpsc::channel::<UnixStream>();
-    let waiting = Arc::new(std::sync::Mutex::new(waiting));
-    let idle = Arc::new(AtomicUsize::new(0));
-    let mut idle_since = Instant::now();
-    let mut last_check = Instant::now();
-    loop {
-        let mut pfd = libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd for a descriptor we own.
-        unsafe { libc::poll(&mut pfd, 1, TICK.as_millis() as libc::c_int) };
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if peer_uid(&stream) != Some(me)
-                    || open.load(Ordering::SeqCst) >= MAX_WORKERS
-                    || stream.set_nonblocking(false).is_err()
-                    || stream.set_read_timeout(Some(CONNECTION_IDLE)).is_err()
-                    || stream.set_write_timeout(Some(CONNECTION_WRITE)).is_err()
-                {
-                    continue; // Closed: the caller works in-process.
-                }
-                open.fetch_add(1, Ordering::SeqCst);
-                let took_idle = idle
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-                if took_idle {
-                    if to_idle.send(stream).is_err() {
-                        open.fetch_sub(1, Ordering::SeqCst);
-                    }
-                    continue;
-                }
-                let (handler, done, idle, waiting) =
-                    (handler.clone(), open.clone(), idle.clone(), waiting.clone());
-                let started = std::thread::Builder::new()
-                    .name("ohno-helper".into())
-                    .spawn(move || {
-                        let mut next = Some(stream);
-                        while let Some(stream) = next.take() {
-                            handler(stream);
-                            done.fetch_sub(1, Ordering::SeqCst);
-                            idle.fetch_add(1, Ordering::SeqCst);
-                            next = next_connection(&waiting, &idle);
-                        }
-                    });
-                if started.is_err() {
-                    open.fetch_sub(1, Ordering::SeqCst);
-                }
-                continue;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-        if open.load(Ordering::SeqCst) > 0 {
-            idle_since = Instant::now();
-        } else if idle_since.elapsed() >= persist {
-            break;
-        }
-        if last_check.elapsed() >= TICK {
-            last_check = Instant::now();
-            let ours = std::fs::metadata(socket).is_ok_and(|m| m.ino() == bound);
-            if !ours {
-                return Ok(()); // Removed or replaced: not ours to delete.
-            }
-            if !still_valid() {
-                break;
-            }
-        }
-    }
-    let _ = std::fs::remove_file(socket);
-    Ok(())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum StoreReply {
+    Get(Option<KeyValue>),
+    Range(Vec<KeyValue>),
+    Reads(Vec<Vec<KeyValue>>),
+    Txn(bool),
+    TxnOrRead(Option<Vec<Vec<KeyValue>>>),
+    Pong,
+    Failed(WireError),
+}
+
+/// One call on an ADD's policy.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PolicyRequest {
+    NameInterface(Pod),
+    /// The pools by name (the server has their definitions).
+    Allocate(Pod, Family, Vec<String>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PolicyReply {
+    /// The ADD's store is open (the first answer on a connection).
+    Ready,
+    Naming(Naming),
+    Allocation(Allocation),
+    Failed(WireError),
+}
+
+/// Log lines: (level, message).
+pub type Lines = Vec<(String, String)>;
+
+/// A policy reply and the log lines written while it was made.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyAnswer {
+    pub logs: Lines,
+    pub reply: PolicyReply,
+}
+
+/// A finished CNI call, reported to a running agent after the result is
+/// written (fire-and-forget).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallReport {
+    pub verb: String,
+    /// 0 on success, else the CNI error code.
+    pub code: u32,
+    pub seconds: f64,
+    /// The services this call used in-process after the agent failed it.
+    pub fallbacks: Vec<String>,
+}
+
+/// What `ohnoctl status` shows of a running server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// "run" (`ohnod run`) or "on-demand".
+    pub mode: String,
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: u64,
+    pub socket: PathBuf,
+    /// Whether the agent's own store answers and its policy is loaded.
+    pub ready: bool,
+    pub network: Option<String>,
+    pub policies: Vec<String>,
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_endpoint_in_use: Option<String>,
+    pub metrics_address: Option<String>,
+    /// The latest errors (newest last), with their Unix times.
+    pub recent_errors: Vec<(u64, String)>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
 
     #[test]
     fn every_socket_in_the_longest_accepted_lock_dir_fits_sun_path() {
@@ -489,6 +528,12 @@ mod tests {
             Error::config("ipam.store.caFile", "bad CA"),
             Error::TryAgainLater("no quorum".into()),
             Error::Store("odd answer".into()),
+            Error::Agent("odd greeting".into()),
+            Error::io("read the CA", std::io::Error::other("gone")),
+            Error::PoolExhausted {
+                pool: "p".into(),
+                msg: "full".into(),
+            },
             Error::PolicyDenied {
                 policy: "/p.wasm".into(),
                 reason: "not here".into(),
@@ -504,6 +549,20 @@ mod tests {
             assert_eq!(back.code(), code);
             assert_eq!(back.to_string(), text);
         }
+    }
+
+    #[test]
+    fn a_descriptor_crosses_the_socket() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let file = std::fs::File::open("/proc/self/ns/net").unwrap();
+        send_fd(&a, std::os::fd::AsFd::as_fd(&file)).unwrap();
+        let got = receive_fd(&b).unwrap();
+        let sent = std::fs::metadata("/proc/self/ns/net").unwrap();
+        let back = std::fs::metadata(format!("/proc/self/fd/{}", got.as_raw_fd())).unwrap();
+        assert_eq!((back.dev(), back.ino()), (sent.dev(), sent.ino()));
+        // A message without one is refused, not mistaken for a descriptor.
+        (&a).write_all(b"x").unwrap();
+        assert!(receive_fd(&b).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! side effect. Errors name the field (`ipam.pools[0].subnet`) and carry code 7
 //! (or 1 for the version, 6 for JSON that does not decode).
 
+pub mod agent;
 pub mod policy;
 
 use std::collections::BTreeMap;
@@ -771,7 +772,7 @@ fn parse_requests(raw: &RawNetConf, env_ips: &[IpAddr]) -> Result<Requests> {
     let rc = raw.runtime_config.clone().unwrap_or_default();
     let mut ips: Vec<IpAddr> = Vec::new();
     let mut push = |field: &str, s: &str| -> Result<()> {
-        let ip = super::args::parse_requested_ip(s)
+        let ip = crate::cni::args::parse_requested_ip(s)
             .ok_or_else(|| Error::config(field, format!("{s:?} is not an IP address")))?;
         if !ips.contains(&ip) {
             ips.push(ip);

@@ -179,6 +179,89 @@ impl Allocator<'_> {
     }
 }
 
+/// One claimed block and how much of it is in use (`ohnoctl ipam blocks`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BlockUsage {
+    pub pool: String,
+    pub block: String,
+    pub node: String,
+    pub used: usize,
+    pub usable: u128,
+}
+
+/// A pool's usage, by node (the agent's metrics).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolUsage {
+    pub pool: String,
+    pub blocks_by_node: BTreeMap<String, usize>,
+    pub used_by_node: BTreeMap<String, usize>,
+    /// Usable addresses of the pool, in claimed blocks or not, not in use.
+    pub free: u128,
+}
+
+impl Allocator<'_> {
+    /// Every claimed block of `pools` with its owner and use.
+    pub fn block_usage(&self, pools: &[crate::config::PoolConf]) -> Result<Vec<BlockUsage>> {
+        let mut rows = Vec::new();
+        for pool in pools {
+            let layout = super::block::Layout::new(pool);
+            for kv in self
+                .kv()
+                .range(&self.keys().blocks_of_pool(&pool.name), false)?
+            {
+                let Some(block) = parse_block_id(last_segment(&kv.key)) else {
+                    continue;
+                };
+                let rec: BlockRecord = decode(&kv.key, &kv.value)?;
+                let used = self.used(pool, &block)?.len();
+                rows.push(BlockUsage {
+                    pool: pool.name.clone(),
+                    block: block.to_string(),
+                    node: rec.node,
+                    used,
+                    usable: layout.usable_count(&block),
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Per pool: blocks and addresses in use by node, and free addresses.
+    pub fn pool_usage(&self, pools: &[crate::config::PoolConf]) -> Result<Vec<PoolUsage>> {
+        let rows = self.block_usage(pools)?;
+        Ok(pools
+            .iter()
+            .map(|pool| {
+                let layout = super::block::Layout::new(pool);
+                // Exact up to 65536 blocks (every IPv4 pool of /16 blocks or
+                // more); beyond, the first block's count times the blocks.
+                let count = layout.block_count();
+                let total = if count <= 1 << 16 {
+                    (0..count)
+                        .map(|i| layout.usable_count(&layout.block_at(i)))
+                        .sum()
+                } else {
+                    layout
+                        .usable_count(&layout.block_at(0))
+                        .saturating_mul(count)
+                };
+                let mut usage = PoolUsage {
+                    pool: pool.name.clone(),
+                    ..PoolUsage::default()
+                };
+                let mut used = 0u128;
+                for r in rows.iter().filter(|r| r.pool == pool.name) {
+                    *usage.blocks_by_node.entry(r.node.clone()).or_default() += 1;
+                    *usage.used_by_node.entry(r.node.clone()).or_default() += r.used;
+                    used += r.used as u128;
+                }
+                usage.free = total.saturating_sub(used);
+                usage
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use super::session::Session;
 use super::{fault_point, Invocation};
 use crate::cni::env::validate_ifname;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route as ResultRoute};
@@ -18,8 +19,7 @@ use crate::ipam::{Allocator, AttachmentRecord, Owner, Want};
 use crate::net::link::{Link, Netlink, Route};
 use crate::net::netns::NetNs;
 use crate::net::{nft, sysctl};
-use crate::policy::{self, default_host_ifname, Allocation, Family, Naming, Pod, Policy};
-use crate::store;
+use crate::policy::{default_host_ifname, Allocation, Family, Naming, Pod, Policy};
 
 /// How many alternative host names are tried when the default one is taken.
 pub(crate) const HOST_NAME_ATTEMPTS: u32 = 8;
@@ -36,8 +36,8 @@ pub fn run(inv: &Invocation) -> Result<Value> {
         .map(CniResult::parse)
         .transpose()?;
     let pod = Pod::new(env, conf);
-    let kv = store::open(&conf.ipam.store)?;
-    let alloc = Allocator::from_conf(&*kv, conf);
+    let session = Session::open(conf)?;
+    let alloc = session.allocator();
     let id = inv.attachment_id();
 
     // Two threads. This one, already running, decides and allocates: it loads
@@ -66,9 +66,9 @@ pub fn run(inv: &Invocation) -> Result<Value> {
         });
         // Both senders move in: a closed channel (any early return) tells plumb
         // to stop waiting.
-        let (kv, alloc, pod, alias) = (&kv, &alloc, &pod, &alias);
+        let (session, alloc, pod, alias) = (&session, &alloc, &pod, &alias);
         let allocated = (move || {
-            let mut policy = policy::load(conf, kv.clone())?;
+            let mut policy = session.policy()?;
             let name = decide_host_name(&mut *policy, pod, alias)?;
             let _ = named_tx.send(name);
             drop(named_tx);
@@ -142,9 +142,9 @@ pub fn run(inv: &Invocation) -> Result<Value> {
 fn run_ipam(inv: &Invocation) -> Result<Value> {
     let conf = &inv.conf;
     let pod = Pod::new(&inv.env, conf);
-    let kv = store::open(&conf.ipam.store)?;
-    let alloc = Allocator::from_conf(&*kv, conf);
-    let mut policy = policy::load(conf, kv.clone())?;
+    let session = Session::open(conf)?;
+    let alloc = session.allocator();
+    let mut policy = session.policy()?;
     let (record, _) = allocate(&alloc, inv, &pod, &mut *policy)?;
     let addrs = addresses(&record)?;
     let routes: Vec<(Cidr, IpAddr)> = addrs

@@ -8,9 +8,7 @@ use super::Invocation;
 use crate::cni::result::CniResult;
 use crate::error::{Error, Result};
 use crate::ip::cidr::Cidr;
-use crate::ipam::Allocator;
 use crate::net::link::Netlink;
-use crate::store;
 
 pub fn run(inv: &Invocation) -> Result<()> {
     let (env, conf) = (&inv.env, &inv.conf);
@@ -20,8 +18,8 @@ pub fn run(inv: &Invocation) -> Result<()> {
     })?;
     let prev = CniResult::parse(prev)?;
 
-    let kv = store::open(&conf.ipam.store)?;
-    let alloc = Allocator::from_conf(&*kv, conf);
+    let session = super::session::Session::open(conf)?;
+    let alloc = session.allocator();
     let record = alloc.find(&inv.attachment_id())?.ok_or_else(|| {
         fail(format!(
             "no allocation recorded for {}/{}",

@@ -16,18 +16,17 @@
 //! does not wait for it: it takes both ends out of service (down, renamed to
 //! `ohnodel<index>`, so `CNI_IFNAME` and the host-side name are free at once and
 //! a repeated ADD never adopts the dying pair), releases the addresses,
-//! and leaves the deletion to a detached `ohno --reap-link` process that holds the
-//! pod netns open until the pair is gone. Nothing can use the released addresses
+//! and hands the deletion to the agent's reaper (or a one-shot `ohnod on-demand
+//! reap`), which holds the pod netns open until the pair is gone. Nothing can use the released addresses
 //! meanwhile: the pod end is down. If the reaper cannot be started, DEL deletes
 //! the link itself.
 
 use super::Invocation;
+use crate::config::NetConf;
 use crate::error::{Error, Result};
-use crate::ipam::Allocator;
 use crate::net::link::{Link, Netlink};
 use crate::net::netns::NetNs;
 use crate::net::nft;
-use crate::store;
 
 pub fn run(inv: &Invocation) -> Result<()> {
     let (env, conf) = (&inv.env, &inv.conf);
@@ -37,7 +36,7 @@ pub fn run(inv: &Invocation) -> Result<()> {
     if let Some(path) = env.netns.as_ref().filter(|_| !conf.ipam_only()) {
         match NetNs::open(path) {
             Ok(ns) => {
-                if let Err(e) = delete_pod_link(&ns, &env.container_id, &env.ifname) {
+                if let Err(e) = delete_pod_link(conf, &ns, &env.container_id, &env.ifname) {
                     log::warn!("delete {} in {}: {e}", env.ifname, path.display());
                     first_error.get_or_insert(e);
                 }
@@ -50,8 +49,8 @@ pub fn run(inv: &Invocation) -> Result<()> {
         }
     }
 
-    let kv = store::open(&conf.ipam.store)?;
-    let alloc = Allocator::from_conf(&*kv, conf);
+    let session = super::session::Session::open(conf)?;
+    let alloc = session.allocator();
     match alloc.release(&inv.attachment_id())? {
         Some(rec) => log::info!(
             "released {}",
@@ -81,9 +80,9 @@ pub fn run(inv: &Invocation) -> Result<()> {
 }
 
 /// Prefix of retired pod interfaces awaiting deletion.
-const TOMBSTONE: &str = "ohnodel";
+use crate::agent::services::reaper::TOMBSTONE;
 
-fn delete_pod_link(ns: &NetNs, container_id: &str, ifname: &str) -> Result<()> {
+fn delete_pod_link(conf: &NetConf, ns: &NetNs, container_id: &str, ifname: &str) -> Result<()> {
     let mut nl = Netlink::open_in(ns)?;
     let Some(link) = nl.link_by_name(ifname)? else {
         return Ok(());
@@ -106,10 +105,10 @@ fn delete_pod_link(ns: &NetNs, container_id: &str, ifname: &str) -> Result<()> {
         if let Err(e) = host.retire(peer, &format!("{TOMBSTONE}{peer:08x}")) {
             log::debug!("retire host veth {peer}: {e}");
         }
-        match spawn_reaper(ns, link.index) {
-            Ok(()) => return Ok(()),
-            Err(e) => log::warn!("start link reaper: {e}; deleting {ifname} now"),
+        if super::session::reap(conf, ns, link.index) {
+            return Ok(());
         }
+        log::warn!("no link reaper could take {ifname}; deleting it now");
     }
     match nl.delete_link(link.index) {
         Err(e) if e.is_not_found() => Ok(()),
@@ -160,56 +159,4 @@ fn host_end(
         )));
     }
     Ok(Ok(peer))
-}
-
-/// Start `ohno --reap-link INDEX --netns-fd FD`, detached (own session, no stdio,
-/// so the runtime does not wait for it), holding a duplicate of the netns fd.
-fn spawn_reaper(ns: &NetNs, index: u32) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-
-    // dup() clears close-on-exec: the child inherits exactly this descriptor.
-    let fd = nix::unistd::dup(ns.fd())
-        .map_err(|e| Error::io("duplicate the netns descriptor", e.into()))?;
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("--reap-link")
-        .arg(index.to_string())
-        .arg("--netns-fd")
-        .arg(fd.as_raw_fd().to_string())
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    cmd.spawn()
-        .map_err(|e| Error::io("spawn the link reaper", e))?;
-    Ok(())
-}
-
-/// The reaper's whole job: delete the retired link `index` in the netns open on
-/// `fd`. Only tombstoned links are deleted. Returns the exit code.
-pub fn reap(args: &[String]) -> i32 {
-    let parse = |flag: &str| -> Option<u32> {
-        let i = args.iter().position(|a| a == flag)?;
-        args.get(i + 1)?.parse().ok()
-    };
-    let (Some(index), Some(fd)) = (parse("--reap-link"), parse("--netns-fd")) else {
-        return 2;
-    };
-    let path = std::path::PathBuf::from(format!("/proc/self/fd/{fd}"));
-    let outcome = NetNs::open(&path).and_then(|ns| {
-        let mut nl = Netlink::open_in(&ns)?;
-        match nl.link_by_index(index)? {
-            Some(l) if l.name.starts_with(TOMBSTONE) => nl.delete_link(index),
-            _ => Ok(()),
-        }
-    });
-    i32::from(outcome.is_err())
 }

@@ -5,9 +5,7 @@ use std::collections::HashSet;
 
 use super::Invocation;
 use crate::error::{Error, Result};
-use crate::ipam::Allocator;
 use crate::net::nft;
-use crate::store;
 
 pub fn run(inv: &Invocation) -> Result<()> {
     let conf = &inv.conf;
@@ -23,8 +21,8 @@ pub fn run(inv: &Invocation) -> Result<()> {
         .iter()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
-    let kv = store::open(&conf.ipam.store)?;
-    let alloc = Allocator::from_conf(&*kv, conf);
+    let session = super::session::Session::open(conf)?;
+    let alloc = session.allocator();
     let report = alloc.gc(&conf.name, &conf.node, &valid)?;
     log::info!(
         "gc: released {}, kept {} attachments of {} on {}",

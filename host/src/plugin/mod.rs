@@ -6,6 +6,7 @@ pub mod add;
 pub mod check;
 pub mod del;
 pub mod gc;
+pub mod session;
 pub mod status;
 pub mod version;
 
@@ -70,7 +71,8 @@ pub fn main() -> i32 {
         Ok(_) => run(&stdin),
         Err(e) => Err(Error::io("read network config from stdin", e)),
     };
-    match outcome {
+    let code = outcome.as_ref().err().map_or(0, Error::code);
+    let written = match outcome {
         Ok(doc) => {
             log::debug!(
                 "{command} done in {:.1} ms",
@@ -88,7 +90,10 @@ pub fn main() -> i32 {
             let _ = write_stdout(&error_json(&err_version, &e));
             1
         }
-    }
+    };
+    // After the result is out: the runtime does not wait for the report.
+    crate::agent::client::report(&command, code, started.elapsed().as_secs_f64());
+    written
 }
 
 fn write_stdout(doc: &Value) -> std::io::Result<()> {

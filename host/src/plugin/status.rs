@@ -3,15 +3,17 @@
 
 use super::Invocation;
 use crate::error::{Error, Result};
-use crate::ipam::Allocator;
-use crate::store;
 
 pub fn run(inv: &Invocation) -> Result<()> {
     let conf = &inv.conf;
     let unavailable = |msg: String| Error::NotAvailable(msg);
-    let kv = store::open(&conf.ipam.store).map_err(|e| unavailable(format!("store: {e}")))?;
-    kv.ping().map_err(|e| unavailable(format!("store: {e}")))?;
-    let alloc = Allocator::from_conf(&*kv, conf);
+    let session =
+        super::session::Session::open(conf).map_err(|e| unavailable(format!("store: {e}")))?;
+    session
+        .kv
+        .ping()
+        .map_err(|e| unavailable(format!("store: {e}")))?;
+    let alloc = session.allocator();
     for pool in &conf.ipam.pools {
         alloc.ensure_pool(pool)?;
         if !alloc

@@ -142,24 +142,11 @@ pub fn load(conf: &NetConf, kv: Arc<dyn Kv>) -> Result<Box<dyn Policy>> {
         })
     }
     #[cfg(feature = "wasm")]
-    load_wasm(conf, pc, kv)
+    load_in_process(conf, pc, kv)
 }
 
 #[cfg(feature = "wasm")]
-fn load_wasm(
-    conf: &NetConf,
-    pc: &crate::config::policy::PolicyConf,
-    kv: Arc<dyn Kv>,
-) -> Result<Box<dyn Policy>> {
-    if let Some(remote) = crate::agent::policy::connect(conf, pc, &kv) {
-        return Ok(Box::new(remote));
-    }
-    load_wasm_in_process(conf, pc, kv)
-}
-
-/// The component loaded in this process (no helper, or the helper failed).
-#[cfg(feature = "wasm")]
-pub(crate) fn load_wasm_in_process(
+pub fn load_in_process(
     conf: &NetConf,
     pc: &crate::config::policy::PolicyConf,
     kv: Arc<dyn Kv>,

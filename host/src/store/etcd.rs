@@ -236,6 +236,18 @@ impl EtcdStore {
         })
     }
 
+    /// The configured endpoints.
+    pub fn endpoints(&self) -> &[String] {
+        &self.conf.endpoints
+    }
+
+    /// The endpoint the current connection goes to, if one is open.
+    pub fn endpoint_in_use(&self) -> Option<String> {
+        let slot = self.slot();
+        let (idx, _) = slot.as_ref()?;
+        self.conf.endpoints.get(*idx).cloned()
+    }
+
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<(usize, KvClient)>> {
         match self.client.lock() {
             Ok(g) => g,

@@ -132,14 +132,14 @@ pub trait Kv: Send + Sync {
     }
 }
 
-/// Open the backend a config names.
+/// Open the backend a config names, in this process.
 pub fn open(conf: &StoreConf) -> Result<std::sync::Arc<dyn Kv>> {
     match conf {
         StoreConf::Local { data_dir, .. } => {
             Ok(std::sync::Arc::new(local::LocalStore::open(data_dir)?))
         }
         #[cfg(feature = "etcd")]
-        StoreConf::Etcd(e) => crate::agent::store::open(e),
+        StoreConf::Etcd(e) => Ok(std::sync::Arc::new(etcd::EtcdStore::open(e)?)),
         #[cfg(not(feature = "etcd"))]
         StoreConf::Etcd(_) => Err(crate::error::Error::UnsupportedField {
             field: "ipam.store.type".into(),

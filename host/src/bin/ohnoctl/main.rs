@@ -13,7 +13,7 @@ use ohno::config::{GcAttachment, NetConf};
 use ohno::error::{Error, Result};
 use ohno::ipam::allocator::BlockRecord;
 use ohno::ipam::block::Layout;
-use ohno::ipam::keys::{last_segment, parse_block_id};
+
 use ohno::ipam::{Allocator, AttachmentId};
 use serde_json::Value;
 
@@ -39,6 +39,19 @@ enum Top {
     Policy {
         #[command(subcommand)]
         command: PolicyCmd,
+    },
+    /// The node agent's state: running, mode, uptime, socket, loaded policy,
+    /// etcd endpoint in use, recent errors. Exit code 1 when no agent answers.
+    Status {
+        /// A CNI config (conflist or single plugin): the agent's socket is
+        /// `<ipam.lockDir>/ohnod.sock`.
+        #[arg(long, value_name = "FILE", required_unless_present = "socket")]
+        config: Option<PathBuf>,
+        /// The agent's socket, instead of the config's.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        format: Format,
     },
 }
 
@@ -166,6 +179,11 @@ fn main() -> ExitCode {
     let command = match cli.command {
         Top::Ipam { command } => command,
         Top::Policy { command } => return exit(policy_cmd(command)),
+        Top::Status {
+            config,
+            socket,
+            format,
+        } => return exit(status(config.as_ref(), socket, format.json())),
     };
     let outcome = match command {
         Ipam::Ls { config, format } => ls(&config, format.json()),
@@ -598,29 +616,92 @@ fn offline_pod(v: &Value, node: &str) -> ohno::policy::Pod {
 /// Load the ohno plugin config from a conflist or a single plugin config.
 fn load_conf(path: &PathBuf) -> Result<NetConf> {
     let raw = std::fs::read(path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-    let v: Value = serde_json::from_slice(&raw).map_err(|e| Error::Decode {
-        what: path.display().to_string(),
-        msg: e.to_string(),
-    })?;
-    let plugin = match v.get("plugins").and_then(Value::as_array) {
-        None => v.clone(),
-        Some(plugins) => {
-            let is_ohno = |p: &&Value| {
-                p.get("type").and_then(Value::as_str) == Some("ohno")
-                    || p.pointer("/ipam/type").and_then(Value::as_str) == Some("ohno")
-            };
-            let mut p = plugins.iter().find(is_ohno).cloned().ok_or_else(|| {
-                Error::config("plugins", "no plugin of type ohno in this conflist")
-            })?;
-            for k in ["cniVersion", "name"] {
-                if let (Some(obj), Some(val)) = (p.as_object_mut(), v.get(k)) {
-                    obj.entry(k).or_insert(val.clone());
-                }
-            }
-            p
-        }
+    NetConf::parse(&ohno::config::agent::ohno_plugin_conf(&raw)?, &[])
+}
+
+/// `ohnoctl status -o json`: `running`, and the agent's state when it runs.
+#[derive(serde::Serialize)]
+struct StatusDoc {
+    running: bool,
+    socket: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    agent: Option<ohno::agent::protocol::AgentStatus>,
+}
+
+fn status(config: Option<&PathBuf>, socket: Option<PathBuf>, json: bool) -> Result<bool> {
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => ohno::agent::client::agent_socket(&load_conf(c)?.ipam.lock_dir),
+        (None, None) => return Err(Error::config("--config", "give --config or --socket")),
     };
-    NetConf::parse(plugin.to_string().as_bytes(), &[])
+    let answer = ohno::agent::client::status(&socket);
+    let doc = match answer {
+        Ok(a) => StatusDoc {
+            running: true,
+            socket,
+            error: None,
+            agent: Some(a),
+        },
+        Err(e) => StatusDoc {
+            running: false,
+            socket,
+            error: Some(e.to_string()),
+            agent: None,
+        },
+    };
+    if json {
+        print_json(&doc);
+        return Ok(doc.running);
+    }
+    let Some(a) = &doc.agent else {
+        println!("{:<22} {}", "RUNNING", "no");
+        println!("{:<22} {}", "SOCKET", doc.socket.display());
+        println!("{:<22} {}", "ERROR", doc.error.as_deref().unwrap_or("-"));
+        return Ok(false);
+    };
+    let dash = |v: Option<&str>| v.unwrap_or("-").to_string();
+    let rows = [
+        ("RUNNING", "yes".to_string()),
+        ("MODE", a.mode.clone()),
+        ("READY", if a.ready { "yes" } else { "no" }.to_string()),
+        ("VERSION", a.version.clone()),
+        ("PID", a.pid.to_string()),
+        ("UPTIME", format!("{}s", a.uptime_seconds)),
+        ("SOCKET", a.socket.display().to_string()),
+        ("NETWORK", dash(a.network.as_deref())),
+        (
+            "POLICIES",
+            if a.policies.is_empty() {
+                "-".into()
+            } else {
+                a.policies.join(", ")
+            },
+        ),
+        (
+            "ETCD ENDPOINTS",
+            if a.etcd_endpoints.is_empty() {
+                "-".into()
+            } else {
+                a.etcd_endpoints.join(", ")
+            },
+        ),
+        ("ETCD IN USE", dash(a.etcd_endpoint_in_use.as_deref())),
+        ("METRICS", dash(a.metrics_address.as_deref())),
+    ];
+    for (k, v) in rows {
+        println!("{k:<22} {v}");
+    }
+    if a.recent_errors.is_empty() {
+        println!("{:<22} -", "RECENT ERRORS");
+    } else {
+        println!("RECENT ERRORS");
+        for (t, e) in &a.recent_errors {
+            println!("  {t} {e}");
+        }
+    }
+    Ok(true)
 }
 
 /// The config and its store, opened.
@@ -670,38 +751,9 @@ fn ls(config: &PathBuf, json: bool) -> Result<bool> {
     Ok(true)
 }
 
-/// One row of `ipam blocks`, as `-o json` prints it.
-#[derive(serde::Serialize)]
-struct BlockRow {
-    pool: String,
-    block: String,
-    node: String,
-    used: usize,
-    usable: u128,
-}
-
 fn blocks(config: &PathBuf, json: bool) -> Result<bool> {
     let (conf, kv) = open(config)?;
-    let alloc = Allocator::from_conf(&*kv, &conf);
-    let mut rows = Vec::new();
-    for pool in &conf.ipam.pools {
-        let layout = Layout::new(pool);
-        for kv in kv.range(&alloc.keys().blocks_of_pool(&pool.name), false)? {
-            let Some(block) = parse_block_id(last_segment(&kv.key)) else {
-                continue;
-            };
-            let rec: BlockRecord = serde_json::from_slice(&kv.value)
-                .map_err(|e| Error::Store(format!("decode {}: {e}", kv.key)))?;
-            let used = alloc.used(pool, &block)?.len();
-            rows.push(BlockRow {
-                pool: pool.name.clone(),
-                block: block.to_string(),
-                node: rec.node,
-                used,
-                usable: layout.usable_count(&block),
-            });
-        }
-    }
+    let rows = Allocator::from_conf(&*kv, &conf).block_usage(&conf.ipam.pools)?;
     if json {
         print_json(&rows);
         return Ok(true);
