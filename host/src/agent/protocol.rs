@@ -36,7 +36,7 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// How much of a frame's body is allocated before its bytes arrive: a header
 /// alone never makes the reader allocate more.
 const READ_CHUNK: usize = 64 << 10;
-/// The socket for helper state identified by `id`, in `dir`.
+/// The on-demand socket for server state identified by `id`, in `dir`.
 pub fn socket_path(dir: &Path, kind: &str, id: &str) -> PathBuf {
     let hash = crate::ipam::fnv1a64(&[
         env!("CARGO_PKG_VERSION").as_bytes(),
@@ -180,9 +180,9 @@ pub fn timed_out(e: &std::io::Error) -> bool {
     )
 }
 
-/// Connect to the helper at `socket`, with `budget` as the read and write
+/// Connect to the server at `socket`, with `budget` as the read and write
 /// timeout of every exchange. A socket answered by a process of another uid is
-/// not ours to use (the helper checks its callers the same way).
+/// not ours to use (the server checks its callers the same way).
 pub fn connect(socket: &Path, budget: Duration) -> std::io::Result<UnixStream> {
     let stream = UnixStream::connect(socket)?;
     let me = crate::nodefs::euid();

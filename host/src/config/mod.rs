@@ -160,7 +160,7 @@ pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 1000;
 /// Default number of attempts (each on the next endpoint) before code 11.
 pub const DEFAULT_ETCD_RETRIES: u32 = 3;
 
-/// Default time the etcd connection helper stays after the last call.
+/// Default time an on-demand store server stays after the last call.
 pub const DEFAULT_ETCD_PERSIST_MS: u64 = 30_000;
 
 /// How to reach etcd.
@@ -176,10 +176,10 @@ pub struct EtcdConf {
     pub timeout_ms: u64,
     /// Attempts before giving up with "try again later".
     pub retries: u32,
-    /// How long the node-local connection helper keeps the connection after
+    /// Without an agent: how long the on-demand store server keeps the connection after
     /// the last call (0: every call connects on its own).
     pub persist_ms: u64,
-    /// Where the helper's socket goes (`ipam.lockDir`); None: no helper.
+    /// Where the on-demand server's socket goes (`ipam.lockDir`); None: none.
     pub helper_dir: Option<PathBuf>,
 }
 
@@ -208,11 +208,11 @@ pub struct IpamConf {
 pub const DEFAULT_LOCK_DIR: &str = "/run/ohno";
 
 /// The longest `ipam.lockDir`: a Unix socket path holds 107 bytes, and the
-/// helpers' sockets are `<lockDir>/<kind>-<16 hex>.sock` (kind ≤ 6 bytes).
+/// servers' sockets are `<lockDir>/<kind>-<16 hex>.sock` (kind ≤ 6 bytes).
 pub const MAX_LOCK_DIR_LEN: usize = 107 - "/policy-0123456789abcdef.sock".len();
 
 /// A node-local directory from the config: absolute, or code 7 naming `field`.
-/// The plugin and the helpers it starts run with different working directories,
+/// The plugin and `ohnod` run with different working directories,
 /// so a relative path would name two places.
 pub fn node_dir(field: &str, raw: &str) -> Result<PathBuf> {
     let path = PathBuf::from(raw);
@@ -523,7 +523,7 @@ fn parse_ipam(raw: Option<&RawIpam>) -> Result<IpamConf> {
         return Err(Error::config(
             "ipam.lockDir",
             format!(
-                "{:?} is {} bytes; the helpers' Unix sockets in it need it at most {MAX_LOCK_DIR_LEN}",
+                "{:?} is {} bytes; the agent's Unix sockets in it need it at most {MAX_LOCK_DIR_LEN}",
                 lock_dir,
                 lock_dir.as_os_str().len()
             ),

@@ -26,7 +26,7 @@ pub struct PolicyConf {
     pub fuel: u64,
     pub failure_policy: FailurePolicy,
     pub cache_dir: PathBuf,
-    /// How long the node-local policy helper keeps the loaded component after
+    /// Without an agent: how long the on-demand policy server keeps the loaded component after
     /// the last ADD (0: every ADD loads it).
     pub persist_ms: u64,
 }

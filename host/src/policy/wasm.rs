@@ -462,7 +462,7 @@ fn armed<R>(
 
 /// What every ADD of one policy shares: the engine, the component (from the
 /// cache or compiled) and its imports resolved against the sandbox's linker.
-/// Building it is most of a policy's start-up; the policy helper keeps one.
+/// Building it is most of a policy's start-up; the agent keeps one.
 pub struct Loaded {
     engine: Engine,
     pre: PolicyWorldPre<HostState>,

@@ -190,10 +190,10 @@ impl EtcdStore {
     /// Build the client. Reads the certificates now (a bad path is code 7) but
     /// connects lazily, on the first request.
     ///
-    /// The runtime is current-thread, also in the connection helper, where
-    /// many threads call at once: whichever thread is waiting drives the
-    /// connection itself, with no hand-off to a worker thread (a 50-ADD burst
-    /// through the helper took 0.75 s with one worker thread, 0.50 s without).
+    /// The runtime is current-thread, also in the agent, where many threads
+    /// call at once: whichever thread is waiting drives the connection itself,
+    /// with no hand-off to a worker thread (a hand-off made bursts slower;
+    /// docs/bench).
     pub fn open(conf: &EtcdConf) -> Result<EtcdStore> {
         let timeout = Duration::from_millis(conf.timeout_ms);
         let mut options = ConnectOptions::new()

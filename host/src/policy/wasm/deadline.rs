@@ -5,7 +5,7 @@
 //! running, one ticker thread increments it every [`TICK`]. Each store has an
 //! epoch-deadline callback that compares the time with *its own* deadline, so
 //! one store's timeout never cuts another store's call short — calls of many
-//! stores (the policy helper's concurrent ADDs) run side by side on one engine.
+//! stores (the agent's concurrent ADDs) run side by side on one engine.
 //! The ticker sleeps while no call is armed: a process that is not running a
 //! policy gets no wake-ups.
 //!

@@ -29,7 +29,7 @@ pub struct HostView {
 
 impl HostView {
     /// Forget what this view has read: a store prepared ahead of its ADD (the
-    /// policy helper) sees the node as it is when the ADD arrives.
+    /// agent) sees the node as it is when the ADD arrives.
     pub fn forget(&self) {
         match self.seen.lock() {
             Ok(mut g) => g.clear(),
