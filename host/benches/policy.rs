@@ -485,7 +485,7 @@ fn in_process(report: &mut Report) {
         .ipam
         .pools
         .iter()
-        .filter(|p| Family::of_pool(p) == Family::V4)
+        .filter(|p| p.family() == Family::V4)
         .collect();
 
     let engine_t = repeat(|| {

@@ -38,7 +38,7 @@ pub const MAX_FRAME: usize = 64 << 20;
 const READ_CHUNK: usize = 64 << 10;
 /// The on-demand socket for server state identified by `id`, in `dir`.
 pub fn socket_path(dir: &Path, kind: &str, id: &str) -> PathBuf {
-    let hash = crate::ipam::fnv1a64(&[
+    let hash = crate::ip::fnv1a64(&[
         env!("CARGO_PKG_VERSION").as_bytes(),
         kind.as_bytes(),
         id.as_bytes(),

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use super::args::CniArgs;
 use crate::error::{Error, Result};
+use crate::ip::ifname::validate_ifname;
 
 /// The verb in `CNI_COMMAND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,30 +163,6 @@ pub fn validate_cni_ifname(name: &str) -> Result<()> {
         var: "CNI_IFNAME",
         msg,
     })
-}
-
-/// Linux interface names: 1–15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
-/// Returns the reason on failure so callers can name the field.
-pub fn validate_ifname(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() {
-        return Err("interface name is empty".into());
-    }
-    if name.len() > 15 {
-        return Err(format!(
-            "interface name {name:?} is {} bytes, longer than 15",
-            name.len()
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("interface name {name:?} is not allowed"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!("interface name {name:?} contains {c:?}"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

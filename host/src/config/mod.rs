@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cni::env::validate_ifname;
 use crate::cni::version;
 use crate::error::{Error, Result};
 use crate::ip::cidr::Cidr;
+use crate::ip::ifname::validate_ifname;
 
 /// Default bridge name.
 pub const DEFAULT_BRIDGE: &str = "ohno0";
@@ -162,6 +162,13 @@ pub const DEFAULT_ETCD_RETRIES: u32 = 3;
 
 /// Default time an on-demand store server stays after the last call.
 pub const DEFAULT_ETCD_PERSIST_MS: u64 = 30_000;
+
+impl PoolConf {
+    /// The pool's address family.
+    pub fn family(&self) -> crate::ip::Family {
+        crate::ip::Family::of(self.subnet.addr())
+    }
+}
 
 /// How to reach etcd.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]

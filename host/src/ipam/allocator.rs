@@ -210,7 +210,7 @@ impl<'a> Allocator<'a> {
     pub fn from_conf(kv: &'a dyn Kv, conf: &NetConf) -> Allocator<'a> {
         // One lock per store and node: unrelated stores never wait on each other.
         let store_id = format!("{:?}", conf.ipam.store);
-        let scope = super::fnv1a64(&[store_id.as_bytes(), conf.node.as_bytes()]);
+        let scope = crate::ip::fnv1a64(&[store_id.as_bytes(), conf.node.as_bytes()]);
         let lock = conf.ipam.lock_dir.join(format!("claim-{scope:016x}.lock"));
         Allocator::new(kv, conf.ipam.store.prefix(), &conf.node)
             .with_strict_affinity(conf.ipam.strict_affinity)
@@ -230,7 +230,7 @@ impl<'a> Allocator<'a> {
         let (dir, scope) = self.hint_dir.as_ref()?;
         Some(dir.join(format!(
             "blocks-{:016x}",
-            super::fnv1a64(&[&scope.to_le_bytes(), pool.as_bytes()])
+            crate::ip::fnv1a64(&[&scope.to_le_bytes(), pool.as_bytes()])
         )))
     }
 
@@ -563,7 +563,7 @@ impl<'a> Allocator<'a> {
             if let Some(g) = &p.guard {
                 txn = txn.when(g.clone());
             }
-            let gateway = from_u128(p.block.first() + 1, p.block.is_ipv4());
+            let gateway = super::block::gateway_of(&p.block);
             record.ips.push(IpRecord {
                 pool: p.pool.clone(),
                 address: format!("{}/{}", p.ip, p.block.prefix()),
@@ -861,7 +861,7 @@ impl<'a> Allocator<'a> {
             .collect();
         let (lo, hi) = layout.candidate_blocks();
         let n = hi - lo + 1;
-        let seed = super::fnv1a64(&[self.node.as_bytes(), pool.name.as_bytes()]) as u128 % n;
+        let seed = crate::ip::fnv1a64(&[self.node.as_bytes(), pool.name.as_bytes()]) as u128 % n;
         let tries = n.min(claimed.len() as u128 + 4096);
         let mut k = 0u128;
         while k < tries {

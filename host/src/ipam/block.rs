@@ -12,6 +12,12 @@ use std::net::IpAddr;
 use crate::config::PoolConf;
 use crate::ip::cidr::{from_u128, to_u128, Cidr};
 
+/// The one gateway rule: a block's gateway is its first address after the
+/// network address. It goes on the node's bridge and is never handed out.
+pub fn gateway_of(block: &Cidr) -> IpAddr {
+    from_u128(block.first() + 1, block.is_ipv4())
+}
+
 /// The blocks of a pool.
 #[derive(Debug, Clone, Copy)]
 pub struct Layout<'a> {
@@ -65,9 +71,9 @@ impl<'a> Layout<'a> {
             && block.addr() == block.network()
     }
 
-    /// The gateway of a block: its first usable address.
+    /// The gateway of a block: [`gateway_of`].
     pub fn gateway(&self, block: &Cidr) -> IpAddr {
-        from_u128(block.first() + 1, self.v4())
+        gateway_of(block)
     }
 
     /// Address ranges of `block` that are never handed out, sorted by start.

@@ -27,8 +27,7 @@ use crate::error::{Error, Result};
 
 pub use super::route::Route;
 
-/// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
-pub const MAX_IFNAME_LEN: usize = 15;
+pub use crate::ip::ifname::MAX_IFNAME_LEN;
 /// `IFLA_BRPORT_MODE` inside `IFLA_PROTINFO` (AF_BRIDGE): hairpin mode.
 const IFLA_BRPORT_MODE: u16 = 4;
 /// A dump interrupted by a concurrent change is retried this many times.
@@ -576,22 +575,8 @@ fn first_link(replies: Vec<RouteNetlinkMessage>) -> Option<LinkMessage> {
 
 /// Reject names the kernel would refuse, with a clearer message than EINVAL.
 fn check_ifname(name: &str) -> io::Result<()> {
-    if name.is_empty()
-        || name.len() > MAX_IFNAME_LEN
-        || name == "."
-        || name == ".."
-        || name
-            .bytes()
-            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace() || b == b':')
-    {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "invalid interface name {name:?} (1-{MAX_IFNAME_LEN} bytes, no '/', ':' or spaces)"
-            ),
-        ));
-    }
-    Ok(())
+    crate::ip::ifname::validate_ifname(name)
+        .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))
 }
 
 #[cfg(test)]

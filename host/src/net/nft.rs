@@ -27,6 +27,7 @@ use std::net::IpAddr;
 
 use super::nl::{self, NlSocket, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 use crate::error::{Error, Result};
+use crate::ip::Family;
 
 /// The table every Ohno chain lives in.
 pub const TABLE: &str = "ohno";
@@ -99,40 +100,34 @@ const NLA_F_NESTED: u16 = 1 << 15;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 
-/// The address families Ohno keeps a chain in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Ip,
-    Ip6,
+/// What nftables needs of an address family (the one [`Family`] type).
+trait Nf {
+    fn proto(self) -> u8;
+    /// The nft table family's name.
+    fn name(self) -> &'static str;
+    /// (saddr offset, daddr offset, address length) in the network header.
+    fn addr_fields(self) -> (u32, u32, usize);
 }
 
-impl Family {
+impl Nf for Family {
     fn proto(self) -> u8 {
         match self {
-            Family::Ip => NFPROTO_IPV4,
-            Family::Ip6 => NFPROTO_IPV6,
+            Family::V4 => NFPROTO_IPV4,
+            Family::V6 => NFPROTO_IPV6,
         }
     }
 
     fn name(self) -> &'static str {
         match self {
-            Family::Ip => "ip",
-            Family::Ip6 => "ip6",
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
         }
     }
 
-    /// (saddr offset, daddr offset, address length) in the network header.
     fn addr_fields(self) -> (u32, u32, usize) {
         match self {
-            Family::Ip => (12, 16, 4),
-            Family::Ip6 => (8, 24, 16),
-        }
-    }
-
-    fn of(addr: &IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::Ip,
-            IpAddr::V6(_) => Family::Ip6,
+            Family::V4 => (12, 16, 4),
+            Family::V6 => (8, 24, 16),
         }
     }
 }
@@ -185,10 +180,10 @@ pub fn ensure_masquerade(tag: &str, subnets: &[(IpAddr, u8)]) -> Result<()> {
         }
     }
     let mut sock = open(&format!("ensure masquerade chain {chain}"))?;
-    for family in [Family::Ip, Family::Ip6] {
+    for family in [Family::V4, Family::V6] {
         let mine: Vec<(IpAddr, u8)> = subnets
             .iter()
-            .filter(|(a, _)| Family::of(a) == family)
+            .filter(|(a, _)| Family::of(*a) == family)
             .map(|&(a, p)| (network(a, p), p))
             .collect();
         if mine.is_empty() {
@@ -251,7 +246,7 @@ pub fn ensure_masquerade(tag: &str, subnets: &[(IpAddr, u8)]) -> Result<()> {
 pub fn remove_masquerade(tag: &str) -> Result<()> {
     let chain = chain_name(tag)?;
     let mut sock = open(&format!("remove masquerade chain {chain}"))?;
-    for family in [Family::Ip, Family::Ip6] {
+    for family in [Family::V4, Family::V6] {
         remove_chain(&mut sock, family, &chain)?;
     }
     Ok(())
@@ -318,7 +313,7 @@ fn masquerade_exprs(e: &mut Attrs, family: Family, net: IpAddr, prefix: u8) {
     let net = octets(&net);
     match_prefix(e, saddr, &net, prefix, NFT_CMP_EQ);
     match_prefix(e, daddr, &net, prefix, NFT_CMP_NEQ);
-    if family == Family::Ip {
+    if family == Family::V4 {
         // ip daddr != 224.0.0.0/4
         match_prefix(e, daddr, &[224, 0, 0, 0], 4, NFT_CMP_NEQ);
     }

@@ -9,12 +9,12 @@ use serde_json::Value;
 
 use super::session::Session;
 use super::{fault_point, Invocation};
-use crate::cni::env::validate_ifname;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route as ResultRoute};
 use crate::config::{format_mac, NetConf, PoolConf};
 use crate::error::{Error, Result};
 use crate::ip::cidr::Cidr;
-use crate::ipam::block::Layout;
+use crate::ip::ifname::validate_ifname;
+use crate::ipam::block::{gateway_of, Layout};
 use crate::ipam::{Allocator, AttachmentRecord, Owner, Want};
 use crate::net::link::{Link, Netlink, Route};
 use crate::net::netns::NetNs;
@@ -313,7 +313,7 @@ fn plan<'c>(
     let pools = &conf.ipam.pools;
     let mut families: Vec<Family> = Vec::new();
     for p in pools {
-        let f = Family::of_pool(p);
+        let f = p.family();
         if !families.contains(&f) {
             families.push(f);
         }
@@ -329,7 +329,7 @@ fn plan<'c>(
             })?;
         if wants
             .iter()
-            .any(|w: &Want<'_>| Family::of_pool(w.pool) == Family::of(*ip))
+            .any(|w: &Want<'_>| w.pool.family() == Family::of(*ip))
         {
             return Err(Error::AddressUnavailable {
                 address: ip.to_string(),
@@ -343,11 +343,10 @@ fn plan<'c>(
     }
     let mut chosen = false;
     for fam in families {
-        if wants.iter().any(|w| Family::of_pool(w.pool) == fam) {
+        if wants.iter().any(|w| w.pool.family() == fam) {
             continue;
         }
-        let of_family: Vec<&PoolConf> =
-            pools.iter().filter(|p| Family::of_pool(p) == fam).collect();
+        let of_family: Vec<&PoolConf> = pools.iter().filter(|p| p.family() == fam).collect();
         let first = Want {
             pool: of_family[0],
             address: None,
@@ -403,10 +402,6 @@ fn addresses(record: &AttachmentRecord) -> Result<Vec<(IpAddr, Cidr)>> {
             Ok((addr.addr(), block))
         })
         .collect()
-}
-
-fn gateway_of(block: &Cidr) -> IpAddr {
-    crate::ip::cidr::from_u128(block.first() + 1, block.is_ipv4())
 }
 
 /// The links of bridge mode, made before the addresses are known: the bridge,

@@ -510,7 +510,7 @@ impl CacheDir {
         let head = format!("{INDEX_MAGIC}\n{identity}\n{:016x}\n", tag.finish());
         let index = format!(
             "index-{:016x}",
-            crate::ipam::fnv1a64(&[path.as_os_str().as_encoded_bytes()])
+            crate::ip::fnv1a64(&[path.as_os_str().as_encoded_bytes()])
         );
         match self.read_file(&index, MAX_INDEX) {
             Ok(Some(raw)) => {

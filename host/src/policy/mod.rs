@@ -53,26 +53,7 @@ impl Pod {
     }
 }
 
-/// An address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: IpAddr) -> Family {
-        if ip.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
-
-    pub fn of_pool(p: &PoolConf) -> Family {
-        Family::of(p.subnet.addr())
-    }
-}
+pub use crate::ip::Family;
 
 /// The allocation decision for one family.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -171,7 +152,7 @@ pub fn load_in_process(
 /// id and ifname — deterministic, 15 characters. `salt` > 0 picks an alternative
 /// when the name is taken by another attachment.
 pub fn default_host_ifname(container_id: &str, ifname: &str, salt: u32) -> String {
-    let h = crate::ipam::fnv1a64(&[
+    let h = crate::ip::fnv1a64(&[
         container_id.as_bytes(),
         ifname.as_bytes(),
         &salt.to_be_bytes(),
@@ -182,7 +163,7 @@ pub fn default_host_ifname(container_id: &str, ifname: &str, salt: u32) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cni::env::validate_ifname;
+    use crate::ip::ifname::validate_ifname;
 
     #[test]
     fn host_name_rule_is_deterministic_legal_and_distinct() {

@@ -333,7 +333,7 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
             let naming = match ohno::policy::Policy::name_interface(&mut policy, &pod)? {
                 ohno::policy::Naming::Default => serde_json::json!("default"),
                 ohno::policy::Naming::Name(n) => {
-                    let valid = ohno::cni::env::validate_ifname(&n).err();
+                    let valid = ohno::ip::ifname::validate_ifname(&n).err();
                     serde_json::json!({"name": n, "hostWouldReject": valid})
                 }
                 ohno::policy::Naming::Deny(r) => serde_json::json!({"deny": r}),
@@ -344,10 +344,8 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                 (ohno::policy::Family::V4, "ipv4"),
                 (ohno::policy::Family::V6, "ipv6"),
             ] {
-                let of_family: Vec<&ohno::config::PoolConf> = pool_confs
-                    .iter()
-                    .filter(|p| ohno::policy::Family::of_pool(p) == fam)
-                    .collect();
+                let of_family: Vec<&ohno::config::PoolConf> =
+                    pool_confs.iter().filter(|p| p.family() == fam).collect();
                 if of_family.is_empty() {
                     continue;
                 }
