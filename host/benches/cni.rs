@@ -704,7 +704,7 @@ fn fill_plan(pool: &PoolConf, bench_node: &str) -> (Vec<(Cidr, usize)>, u128) {
         .map(|i| layout.usable_count(&layout.block_at(i)))
         .sum();
     let target = (usable * FULL_PERCENT).div_ceil(100);
-    let seed = ohno::ipam::fnv1a64(&[bench_node.as_bytes(), pool.name.as_bytes()]) as u128 % n;
+    let seed = ohno::ip::fnv1a64(&[bench_node.as_bytes(), pool.name.as_bytes()]) as u128 % n;
     let mut plan = Vec::new();
     let mut left = target;
     let mut k = 0;
@@ -775,7 +775,7 @@ fn fill_worker(
             let Some(n) = ip else { break };
             let addr = from_u128(n, true);
             // A Kubernetes-like container id: 64 hex digits.
-            let h = ohno::ipam::fnv1a64(&[block.to_string().as_bytes(), &a.to_le_bytes()]);
+            let h = ohno::ip::fnv1a64(&[block.to_string().as_bytes(), &a.to_le_bytes()]);
             let cid = format!("{h:016x}").repeat(4);
             let owner = Owner {
                 network: NETWORK.into(),
@@ -1104,6 +1104,64 @@ fn settle(node: &Node) {
 
 // ------------------------------------------------------------------ main
 
+/// `ohnod run` in a node's host namespace, serving `conf`'s network; stopped
+/// (SIGTERM, by its PID) when dropped.
+struct Agent {
+    child: std::process::Child,
+}
+
+impl Agent {
+    fn start(node: &Node, conf: &Value) -> Agent {
+        let dir = node.dir.path();
+        let network = dir.join("agent-network.json");
+        std::fs::write(&network, conf.to_string()).expect("write the agent's network");
+        let config = dir.join("ohnod.json");
+        let doc = json!({ "network": network, "metricsAddress": "", "logLevel": "warn" });
+        std::fs::write(&config, doc.to_string()).expect("write the agent's config");
+        let ohnod = ohno_binary().with_file_name("ohnod");
+        let log = std::fs::File::create(dir.join("ohnod.log")).expect("agent log");
+        let child = node
+            .host
+            .command(&[
+                ohnod.to_str().expect("utf-8 path"),
+                "run",
+                "--config",
+                config.to_str().expect("utf-8 path"),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ohnod run");
+        let lock_dir = PathBuf::from(conf["ipam"]["lockDir"].as_str().expect("lockDir"));
+        let socket = lock_dir.join("ohnod.sock");
+        assert!(
+            common::eventually(Duration::from_secs(10), || socket.exists()),
+            "ohnod run did not serve {socket:?}"
+        );
+        Agent { child }
+    }
+
+    /// The agent's resident set (its own process: `ip netns exec` execs it).
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: a signal to the child we started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument means "not us".
     if std::env::args().skip(1).any(|a| !a.starts_with('-')) {
@@ -1148,7 +1206,7 @@ fn main() {
         etcd_node.cluster.var("OHNO_ETCD_CLUSTER_DIR"),
     ));
     checkpoint();
-    let pods_needed = (5 * n).max(NODES.len() * per_node);
+    let pods_needed = (6 * n).max(NODES.len() * per_node);
     eprintln!("bench: creating {pods_needed} pod namespaces");
     let all_pods = pods(pods_needed);
     checkpoint();
@@ -1234,6 +1292,24 @@ fn main() {
             bridge: "ohno1".into(),
         }),
         Latency::new(Plugin {
+            label: "ohno, etcd, through `ohnod run`".into(),
+            host: &etcd_host,
+            binary: ohno_bin.clone(),
+            conf: {
+                // A third node on the same cluster, its calls served by the
+                // node agent started below (its socket is in this lockDir).
+                let mut conf = ohno_conf(
+                    &etcd_node.node,
+                    "ohno2",
+                    "node-c",
+                    etcd_store(&etcd_node, "/ohno", 1000),
+                );
+                conf["ipam"]["lockDir"] = json!(etcd_node.node.dir.path().join("locks-agent"));
+                conf
+            },
+            bridge: "ohno2".into(),
+        }),
+        Latency::new(Plugin {
             label: "reference bridge + host-local".into(),
             host: &ref_host,
             binary: ref_bin,
@@ -1241,6 +1317,7 @@ fn main() {
             bridge: "cni0".into(),
         }),
     ];
+    let agent = Agent::start(&etcd_node.node, &contenders[4].plugin.conf);
     for (c, lat) in contenders.iter().enumerate() {
         lat.plugin.warm_up(&all_pods[c * n], &format!("t1w{c}"));
     }
@@ -1260,8 +1337,10 @@ fn main() {
     report.add(&format!(
         "## 1. Whole-process ADD and DEL latency, {n} sequential pods (ms)\n\n"
     ));
-    let [fresh, aged, etcd, etcd_cold, reference] = &contenders[..] else {
-        unreachable!("five contenders")
+    let agent_rss_kib = agent.rss_kib();
+    drop(agent);
+    let [fresh, aged, etcd, etcd_cold, etcd_agent, reference] = &contenders[..] else {
+        unreachable!("six contenders")
     };
     let (ref_add50, ref_add95) = (p50(&reference.add), p95(&reference.add));
     let (ref_del50, ref_del95) = (p50(&reference.del), p95(&reference.del));
@@ -1322,6 +1401,12 @@ fn main() {
             ref_del50,
             0.4,
         ),
+        (
+            "ohno etcd ADD through `ohnod run` ≤ 0.45× reference ADD",
+            &etcd_agent.add,
+            ref_add50,
+            0.45,
+        ),
         ("aged local store: ADD ≤ 0.45×", &aged.add, ref_add50, 0.45),
         ("aged local store: DEL ≤ 0.40×", &aged.del, ref_del50, 0.4),
     ];
@@ -1333,6 +1418,11 @@ fn main() {
             verdict(r <= limit).into(),
         ]);
     }
+    targets.row(vec![
+        "`ohnod run` RSS after the run, one warm etcd connection (target ≤ 40 MB)".into(),
+        format!("{:.1} MB", agent_rss_kib as f64 / 1024.0),
+        verdict(agent_rss_kib <= 40 * 1024).into(),
+    ]);
     targets.row(vec![
         "(info) ohno etcd without the connection helper (persistMs 0): ADD".into(),
         ratio(p50(&etcd_cold.add), ref_add50),
