@@ -265,7 +265,7 @@ impl Allocator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipam::allocator::suite::{owner, pool};
+    use crate::ipam::suite::{owner, pool};
     use crate::ipam::Want;
     use crate::store::memory::MemoryStore;
     use crate::store::{Kv, Txn};

@@ -10,8 +10,12 @@
 pub mod allocator;
 pub mod audit;
 pub mod block;
+mod claims;
+mod hints;
 pub mod keys;
 pub mod model;
+#[cfg(test)]
+pub(crate) mod suite;
 
 pub use allocator::{Allocator, Want};
 pub use model::{AttachmentId, AttachmentRecord, IpRecord, Owner};

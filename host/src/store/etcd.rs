@@ -650,7 +650,7 @@ mod tests {
             super::super::suite::put_get_range_delete(&s);
             TestEtcd::wipe(&s);
             super::super::suite::compares_are_all_or_nothing(&s);
-            crate::ipam::allocator::suite::run_all(&|| {
+            crate::ipam::suite::run_all(&|| {
                 TestEtcd::wipe(&s);
                 Box::new(EtcdStore::open(&conf).expect("open etcd store"))
             });

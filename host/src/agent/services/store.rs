@@ -226,9 +226,7 @@ mod tests {
 
     #[test]
     fn the_allocator_suite_holds_through_the_socket() {
-        crate::ipam::allocator::suite::run_all(&|| {
-            Box::new(remote_on(Arc::new(MemoryStore::new())).0)
-        });
+        crate::ipam::suite::run_all(&|| Box::new(remote_on(Arc::new(MemoryStore::new())).0));
     }
 
     #[test]
