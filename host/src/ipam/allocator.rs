@@ -792,8 +792,6 @@ pub(super) fn backoff(attempt: usize) {
     std::thread::sleep(std::time::Duration::from_micros(micros / 2 + jitter / 2));
 }
 
-/// The allocator behaviour every backend must show; run by each backend's tests.
-
 #[cfg(test)]
 mod tests {
     use super::*;

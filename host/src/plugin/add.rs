@@ -13,13 +13,13 @@ use crate::cni::result::{CniResult, Interface, IpConfig, Route as ResultRoute};
 use crate::config::{format_mac, NetConf, PoolConf};
 use crate::error::{Error, Result};
 use crate::ip::cidr::Cidr;
-use crate::ip::ifname::validate_ifname;
-use crate::ipam::block::{gateway_of, Layout};
+use crate::ipam::block::gateway_of;
 use crate::ipam::{Allocator, AttachmentRecord, Owner, Want};
 use crate::net::link::{Link, Netlink, Route};
 use crate::net::netns::NetNs;
 use crate::net::{nft, sysctl};
-use crate::policy::{default_host_ifname, Allocation, Family, Naming, Pod, Policy};
+use crate::policy::answer::{check_allocation, check_host_name, Choice};
+use crate::policy::{default_host_ifname, Family, Naming, Pod, Policy};
 
 /// How many alternative host names are tried when the default one is taken.
 pub(crate) const HOST_NAME_ATTEMPTS: u32 = 8;
@@ -253,8 +253,8 @@ fn decide_host_name(policy: &mut dyn Policy, pod: &Pod, alias: &str) -> Result<O
         }
         Naming::Name(n) => n,
     };
-    let problem = match validate_ifname(&name) {
-        Err(m) => Some(format!("answered an invalid host interface name: {m}")),
+    let problem = match check_host_name(&name) {
+        Err(m) => Some(m),
         Ok(()) => match Netlink::open()?.link_by_name(&name)? {
             Some(l) if l.alias.as_deref() != Some(alias) => {
                 Some(format!("answered host interface name {name:?}, which another interface on this node already uses"))
@@ -352,29 +352,26 @@ fn plan<'c>(
             address: None,
         };
         let decision = policy.allocate(pod, fam, &of_family)?;
-        let checked: std::result::Result<Want<'c>, String> = match decision {
-            Allocation::Default => Ok(first),
-            Allocation::Pool(name) => of_family
-                .iter()
-                .find(|p| p.name == name)
-                .map(|p| Want { pool: p, address: None })
-                .ok_or_else(|| format!("chose pool {name:?}, which is not a configured pool of this family")),
-            Allocation::Address { pool, address } => match of_family.iter().find(|p| p.name == pool) {
-                None => Err(format!("chose {address} in pool {pool:?}, which is not a configured pool of this family")),
-                Some(p) => match Layout::new(p).check_usable(address) {
-                    Ok(_) => {
-                        chosen = true;
-                        Ok(Want { pool: p, address: Some(address) })
-                    }
-                    Err(why) => Err(format!("answered an address the host will not hand out: {why}")),
-                },
-            },
-            Allocation::Deny(reason) => {
+        let checked = match check_allocation(&decision, &of_family) {
+            Ok(Choice::Default) => Ok(first),
+            Ok(Choice::Pool(p)) => Ok(Want {
+                pool: p,
+                address: None,
+            }),
+            Ok(Choice::Address(p, address)) => {
+                chosen = true;
+                Ok(Want {
+                    pool: p,
+                    address: Some(address),
+                })
+            }
+            Ok(Choice::Deny(reason)) => {
                 return Err(Error::PolicyDenied {
                     policy: policy.name().to_string(),
                     reason,
-                })
+                });
             }
+            Err(reason) => Err(reason),
         };
         let want = match checked {
             Ok(w) => w,

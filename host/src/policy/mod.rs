@@ -3,6 +3,7 @@
 //! default policy. WebAssembly components (`wasm`) plug in behind the same trait;
 //! every answer is validated by the host, never trusted.
 
+pub mod answer;
 #[cfg(feature = "wasm")]
 pub mod cache;
 #[cfg(feature = "wasm")]

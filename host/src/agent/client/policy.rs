@@ -70,9 +70,7 @@ impl FallbackPolicy {
     /// when the server is gone or silent.
     fn answer(&mut self) -> Option<PolicyReply> {
         let conn = self.conn.as_mut()?;
-        let answered = conn
-            .welcomed()
-            .and_then(|stream| receive::<PolicyAnswer>(stream));
+        let answered = conn.welcomed().and_then(receive::<PolicyAnswer>);
         match answered {
             Ok(a) => {
                 for (level, line) in a.logs {

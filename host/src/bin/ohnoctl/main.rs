@@ -333,7 +333,7 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
             let naming = match ohno::policy::Policy::name_interface(&mut policy, &pod)? {
                 ohno::policy::Naming::Default => serde_json::json!("default"),
                 ohno::policy::Naming::Name(n) => {
-                    let valid = ohno::ip::ifname::validate_ifname(&n).err();
+                    let valid = ohno::policy::answer::check_host_name(&n).err();
                     serde_json::json!({"name": n, "hostWouldReject": valid})
                 }
                 ohno::policy::Naming::Deny(r) => serde_json::json!({"deny": r}),
@@ -354,13 +354,8 @@ fn policy_cmd(cmd: PolicyCmd) -> Result<bool> {
                     ohno::policy::Allocation::Default => serde_json::json!("default"),
                     ohno::policy::Allocation::Pool(p) => serde_json::json!({"pool": p}),
                     ohno::policy::Allocation::Address { pool, address } => {
-                        let verdict = of_family
-                            .iter()
-                            .find(|p| &p.name == pool)
-                            .map(|p| Layout::new(p).check_usable(*address).err())
-                            .unwrap_or_else(|| {
-                                Some(format!("{pool:?} is not a pool of this family"))
-                            });
+                        let verdict =
+                            ohno::policy::answer::check_allocation(&decision, &of_family).err();
                         serde_json::json!({"address": address.to_string(), "pool": pool, "hostWouldReject": verdict})
                     }
                     ohno::policy::Allocation::Deny(r) => serde_json::json!({"deny": r}),
@@ -654,7 +649,7 @@ fn status(config: Option<&PathBuf>, socket: Option<PathBuf>, json: bool) -> Resu
         return Ok(doc.running);
     }
     let Some(a) = &doc.agent else {
-        println!("{:<22} {}", "RUNNING", "no");
+        println!("{:<22} no", "RUNNING");
         println!("{:<22} {}", "SOCKET", doc.socket.display());
         println!("{:<22} {}", "ERROR", doc.error.as_deref().unwrap_or("-"));
         return Ok(false);
