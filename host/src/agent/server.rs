@@ -113,6 +113,48 @@ where
     let mut last_check = Instant::now();
     let ours = || std::fs::metadata(socket).is_ok_and(|m| m.ino() == bound);
     loop {
+        // Checked on every turn, before anything is accepted: a steady stream
+        // of connections must not keep a stopping server serving.
+        match &lifetime {
+            Lifetime::UntilStopped { stop, drain } => {
+                if stop.load(Ordering::SeqCst) {
+                    if ours() {
+                        let _ = std::fs::remove_file(socket);
+                    }
+                    drop(listener);
+                    return Ok(drained(&open, *drain));
+                }
+                if last_check.elapsed() >= TICK {
+                    last_check = Instant::now();
+                    if !ours() {
+                        log::warn!(
+                            "{} was removed or replaced; serving no longer",
+                            socket.display()
+                        );
+                        return Ok(Ended::SocketGone);
+                    }
+                }
+            }
+            Lifetime::OnDemand {
+                persist,
+                still_valid,
+            } => {
+                if open.load(Ordering::SeqCst) > 0 {
+                    idle_since = Instant::now();
+                } else if idle_since.elapsed() >= *persist {
+                    break;
+                }
+                if last_check.elapsed() >= TICK {
+                    last_check = Instant::now();
+                    if !ours() {
+                        return Ok(Ended::SocketGone); // Not ours to delete.
+                    }
+                    if !still_valid() {
+                        break;
+                    }
+                }
+            }
+        }
         let mut pfd = libc::pollfd {
             fd: std::os::fd::AsRawFd::as_raw_fd(&listener),
             events: libc::POLLIN,
@@ -160,46 +202,6 @@ where
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
-        }
-        match &lifetime {
-            Lifetime::UntilStopped { stop, drain } => {
-                if stop.load(Ordering::SeqCst) {
-                    if ours() {
-                        let _ = std::fs::remove_file(socket);
-                    }
-                    drop(listener);
-                    return Ok(drained(&open, *drain));
-                }
-                if last_check.elapsed() >= TICK {
-                    last_check = Instant::now();
-                    if !ours() {
-                        log::warn!(
-                            "{} was removed or replaced; serving no longer",
-                            socket.display()
-                        );
-                        return Ok(Ended::SocketGone);
-                    }
-                }
-            }
-            Lifetime::OnDemand {
-                persist,
-                still_valid,
-            } => {
-                if open.load(Ordering::SeqCst) > 0 {
-                    idle_since = Instant::now();
-                } else if idle_since.elapsed() >= *persist {
-                    break;
-                }
-                if last_check.elapsed() >= TICK {
-                    last_check = Instant::now();
-                    if !ours() {
-                        return Ok(Ended::SocketGone); // Not ours to delete.
-                    }
-                    if !still_valid() {
-                        break;
-                    }
-                }
-            }
         }
     }
     let _ = std::fs::remove_file(socket);
