@@ -40,50 +40,15 @@ pub fn run(inv: &Invocation) -> Result<Value> {
     let alloc = session.allocator();
     let id = inv.attachment_id();
 
-    // Two threads. This one, already running, decides and allocates: it loads
-    // the policy, decides the host-side name (and passes it on), then allocates,
-    // waiting on the component's start-up and on the store (for etcd, network
-    // round trips). A new thread makes the bridge and the veth pair meanwhile:
-    // the kernel's work. A new thread starts on this one's CPU and runs once
-    // this one waits (on a small VM, often not before), so the waiting belongs
-    // here and the CPU work there. Neither needs the other until the addresses
-    // go on.
-    let alias = host_veth_alias(&env.container_id, &env.ifname);
     let mut made = Made::default();
-    let (named_tx, named_rx) = std::sync::mpsc::channel::<Option<String>>();
-    let (allocated_tx, allocated_rx) = std::sync::mpsc::channel::<bool>();
-    let (allocated, plumbed) = std::thread::scope(|s| {
-        let made = &mut made;
-        let netns = &netns;
-        let plumber = s.spawn(move || {
-            let naming = if conf.policy.is_some() {
-                HostNaming::Pending(&named_rx)
-            } else {
-                HostNaming::Default
-            };
-            let allocated_ok = || allocated_rx.recv().unwrap_or(false);
-            plumb(inv, netns, naming, &allocated_ok, made)
-        });
-        // Both senders move in: a closed channel (any early return) tells plumb
-        // to stop waiting.
-        let (session, alloc, pod, alias) = (&session, &alloc, &pod, &alias);
-        let allocated = (move || {
-            let mut policy = session.policy()?;
-            let name = decide_host_name(&mut *policy, pod, alias)?;
-            let _ = named_tx.send(name);
-            drop(named_tx);
-            let allocated = allocate(alloc, inv, pod, &mut *policy);
-            let _ = allocated_tx.send(allocated.is_ok());
-            allocated
-        })();
-        let plumbed = plumber.join().unwrap_or_else(|_| {
-            Err(Error::netlink(
-                "make the links",
-                std::io::Error::other("the plumbing thread panicked"),
-            ))
-        });
-        (allocated, plumbed)
-    });
+    let (allocated, plumbed) = Overlap {
+        inv,
+        session: &session,
+        alloc: &alloc,
+        pod: &pod,
+        netns: &netns,
+    }
+    .run(&mut made);
     // Only addresses this ADD took are released on failure: not when the
     // allocation failed (nothing taken, and a store error says nothing about an
     // earlier ADD's record) and not on a repeated ADD (the record is older).
@@ -134,6 +99,76 @@ pub fn run(inv: &Invocation) -> Result<Value> {
             }
             Err(e)
         }
+    }
+}
+
+/// An ADD's two threads, and what runs where.
+///
+/// - **This thread** (already running) decides and allocates: it opens the
+///   policy, decides the host-side name and passes it on, then allocates. It
+///   waits — on the component's start-up, on the store's round trips — so the
+///   waiting belongs here.
+/// - **A new thread** makes the bridge and the veth pair meanwhile: the
+///   kernel's work. A new thread starts on its parent's CPU and, on a small
+///   machine, often runs only once the parent waits, so the CPU work belongs
+///   there.
+///
+/// Neither needs the other until the addresses go on: the plumber waits for
+/// the host-side name only when a policy decides it, and makes a new bridge
+/// only once the allocation succeeded. Either failing is reported with both
+/// results, and the caller undoes both.
+struct Overlap<'a> {
+    inv: &'a Invocation,
+    session: &'a Session<'a>,
+    alloc: &'a Allocator<'a>,
+    pod: &'a Pod,
+    netns: &'a NetNs,
+}
+
+impl Overlap<'_> {
+    /// Both threads' results: the allocation (and whether it was already
+    /// recorded) and the links; `made` says what the plumber created.
+    fn run(self, made: &mut Made) -> (Result<(AttachmentRecord, bool)>, Result<Plumbed>) {
+        let Overlap {
+            inv,
+            session,
+            alloc,
+            pod,
+            netns,
+        } = self;
+        let alias = host_veth_alias(&inv.env.container_id, &inv.env.ifname);
+        let (named_tx, named_rx) = std::sync::mpsc::channel::<Option<String>>();
+        let (allocated_tx, allocated_rx) = std::sync::mpsc::channel::<bool>();
+        std::thread::scope(|s| {
+            let plumber = s.spawn(move || {
+                let naming = if inv.conf.policy.is_some() {
+                    HostNaming::Pending(&named_rx)
+                } else {
+                    HostNaming::Default
+                };
+                let allocated_ok = || allocated_rx.recv().unwrap_or(false);
+                plumb(inv, netns, naming, &allocated_ok, made)
+            });
+            // Both senders move in: a closed channel (any early return) tells
+            // the plumber to stop waiting.
+            let alias = &alias;
+            let allocated = (move || {
+                let mut policy = session.policy()?;
+                let name = decide_host_name(&mut *policy, pod, alias)?;
+                let _ = named_tx.send(name);
+                drop(named_tx);
+                let allocated = allocate(alloc, inv, pod, &mut *policy);
+                let _ = allocated_tx.send(allocated.is_ok());
+                allocated
+            })();
+            let plumbed = plumber.join().unwrap_or_else(|_| {
+                Err(Error::netlink(
+                    "make the links",
+                    std::io::Error::other("the plumbing thread panicked"),
+                ))
+            });
+            (allocated, plumbed)
+        })
     }
 }
 
