@@ -1,7 +1,10 @@
-//! The etcd connection helper, through the real binary against the 3-member TLS
-//! cluster: the first call starts it, later calls go through it, a helper
-//! killed under the plugin's feet costs nothing but the speed-up, and an idle
-//! helper leaves on its own with its socket.
+//! The on-demand store server (`ohnod on-demand store`, what the plugin starts
+//! when no agent answers and `persistMs` > 0), through the real binaries
+//! against the 3-member TLS cluster: the first call starts it, later calls go
+//! through it, a server killed under the plugin's feet costs nothing but the
+//! speed-up, one that answers nonsense fails the call with code 107, and an
+//! idle server leaves on its own with its socket. (The file keeps the name of
+//! the connection helper this server replaced.)
 
 mod common;
 mod etcd_support;
@@ -17,7 +20,7 @@ use std::time::Duration;
 const PERSIST: Duration = Duration::from_millis(1500);
 
 /// `env`'s config for node-a with the node's own lock directory (where the
-/// helper's socket goes) and `persistMs` `persist`.
+/// on-demand server's socket goes) and `persistMs` `persist`.
 fn conf_with(env: &EtcdNode, persist: u64) -> (Value, PathBuf) {
     let lock_dir = env.node.dir.path().join("locks");
     let mut conf: Value = env.conf("node-a");
@@ -33,44 +36,51 @@ fn attached(env: &EtcdNode, pod: &Pod) -> bool {
 }
 
 #[test]
-fn the_first_call_starts_a_helper_that_carries_later_calls_and_leaves_when_idle() {
+fn the_first_call_starts_a_server_that_carries_later_calls_and_leaves_when_idle() {
     let env = EtcdNode::start();
     let (conf, lock_dir) = conf_with(&env, PERSIST.as_millis() as u64);
     let pods: Vec<Pod> = (0..3).map(|_| Pod::new()).collect();
     let mut addresses = BTreeSet::new();
 
-    // No helper yet: the first ADD talks to etcd itself and starts one.
+    // No server yet: the first ADD talks to etcd itself and starts one.
     let first = env.ohno("ADD", &pods[0], &conf);
     addresses.insert(first_ipv4(first.success().json()).0);
     assert!(
+        env.node.log().contains("store: no server at"),
+        "the first ADD did not look for a server:\n{}",
+        env.node.log()
+    );
+    assert!(
         eventually(Duration::from_secs(5), || helper_pid(&lock_dir, "etcd")
             .is_some()),
-        "no helper after the first ADD; {:?} holds {:?}",
+        "no on-demand server after the first ADD; {:?} holds {:?}",
         lock_dir,
         std::fs::read_dir(&lock_dir).map(|d| d.count())
     );
-    let pid = helper_pid(&lock_dir, "etcd").expect("helper");
+    let pid = helper_pid(&lock_dir, "etcd").expect("server");
     let sock = helper_socket(&lock_dir, "etcd").expect("socket");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&sock)
             .expect("socket metadata")
             .permissions(),
     );
-    assert_eq!(mode & 0o777, 0o600, "the helper's socket is root's alone");
+    assert_eq!(mode & 0o777, 0o600, "the server's socket is root's alone");
 
     // The second ADD goes through it, and its keys are in etcd.
     let second = env.ohno("ADD", &pods[1], &conf);
     addresses.insert(first_ipv4(second.success().json()).0);
     assert!(
-        env.node.log().contains("etcd: through the helper at"),
-        "the second ADD did not use the helper:\n{}",
+        env.node
+            .log()
+            .contains(&format!("store: through {}", sock.display())),
+        "the second ADD did not use the server:\n{}",
         env.node.log()
     );
     assert!(attached(&env, &pods[1]), "{second}");
 
-    // The helper dies (SIGKILL, by the PID it recorded; our ADD started it):
-    // the next ADD still works, and a new helper takes over.
-    kill_helper(pid);
+    // The server dies (SIGKILL, by the PID it recorded; our ADD started it):
+    // the next ADD still works, and a new server takes over.
+    kill_server(pid);
     let third = env.ohno("ADD", &pods[2], &conf);
     addresses.insert(first_ipv4(third.success().json()).0);
     assert!(attached(&env, &pods[2]), "{third}");
@@ -78,29 +88,29 @@ fn the_first_call_starts_a_helper_that_carries_later_calls_and_leaves_when_idle(
     assert!(
         eventually(Duration::from_secs(5), || helper_pid(&lock_dir, "etcd")
             .is_some_and(|p| p != pid)),
-        "no new helper after the old one was killed"
+        "no new server after the old one was killed"
     );
 
-    // DEL through the helper (or without it): nothing is left in etcd.
+    // DEL through the server (or without it): nothing is left in etcd.
     for pod in &pods {
         env.ohno("DEL", pod, &conf).success();
     }
     assert!(env.section("attachments").is_empty());
     assert!(env.section("ips").is_empty());
 
-    // Idle for persistMs: the helper goes, and its socket with it.
-    let last = helper_pid(&lock_dir, "etcd").expect("helper");
+    // Idle for persistMs: the server goes, and its socket with it.
+    let last = helper_pid(&lock_dir, "etcd").expect("server");
     assert!(
         eventually(PERSIST + Duration::from_secs(3), || {
             !Path::new(&format!("/proc/{last}")).exists()
                 && helper_socket(&lock_dir, "etcd").is_none()
         }),
-        "the helper {last} outlived persistMs"
+        "the server {last} outlived persistMs"
     );
 }
 
 #[test]
-fn persist_ms_zero_starts_no_helper() {
+fn persist_ms_zero_starts_no_server() {
     let env = EtcdNode::start();
     let (conf, lock_dir) = conf_with(&env, 0);
     let pods: Vec<Pod> = (0..2).map(|_| Pod::new()).collect();
@@ -111,7 +121,7 @@ fn persist_ms_zero_starts_no_helper() {
     assert_eq!(
         helper_socket(&lock_dir, "etcd"),
         None,
-        "persistMs 0 started a helper"
+        "persistMs 0 started a server"
     );
     for pod in &pods {
         env.ohno("DEL", pod, &conf).success();
@@ -119,54 +129,158 @@ fn persist_ms_zero_starts_no_helper() {
     assert!(env.section("attachments").is_empty());
 }
 
-/// The PID of the etcd helper in `lock_dir`, once one runs (within 5 s).
-fn wait_for_helper(lock_dir: &Path) -> i32 {
+/// The PID of the on-demand store server in `lock_dir`, once one runs
+/// (within 5 s).
+fn wait_for_server(lock_dir: &Path) -> i32 {
     assert!(
         eventually(Duration::from_secs(5), || helper_pid(lock_dir, "etcd")
             .is_some()),
-        "no etcd helper in {lock_dir:?}"
+        "no on-demand store server in {lock_dir:?}"
     );
-    helper_pid(lock_dir, "etcd").expect("helper")
+    helper_pid(lock_dir, "etcd").expect("server")
 }
 
-/// SIGKILL the helper `pid` (ours: our ADD started it, and its lock names
+/// SIGKILL the server `pid` (ours: our ADD started it, and its lock names
 /// it) and wait until it is gone.
-fn kill_helper(pid: i32) {
+fn kill_server(pid: i32) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
-    .expect("kill the helper");
+    .expect("kill the server");
     assert!(eventually(Duration::from_secs(5), || !Path::new(&format!(
         "/proc/{pid}"
     ))
     .exists()));
 }
 
-/// Only `ohno --helper etcd` is a helper: the plugin run with a helper's
-/// environment (a stray or forged `OHNO_STORE_HELPER`) is still the plugin.
+fn frame(json: &str) -> Vec<u8> {
+    let mut v = (json.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(json.as_bytes());
+    v
+}
+
+/// One frame's body from `s` (u32 LE length, then the body); `None` at the
+/// end of the stream.
+fn read_frame(s: &mut impl std::io::Read) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// The greeting a server that serves the caller sends.
+const WELCOME: &str = r#"{"Welcome":{"protocol":1,"agent":"fake"}}"#;
+/// The greeting a server that will not serve the caller sends.
+const REFUSED: &str = r#"{"Refused":{"Refused":"the fake will not"}}"#;
+
+/// Stand in for the on-demand server at `sock` (a killed server's path) for
+/// one connection (the ADD's): read its `Hello`, answer `greeting` (raw
+/// bytes, framing included), then answer every request with `reply` (raw
+/// bytes; none: read requests until the plugin hangs up). Joins to the
+/// `Hello` it was sent.
+fn fake_server(sock: &Path, greeting: Vec<u8>, reply: Vec<u8>) -> std::thread::JoinHandle<Value> {
+    use std::io::Write as _;
+    let _ = std::fs::remove_file(sock);
+    let listener = std::os::unix::net::UnixListener::bind(sock).expect("bind the fake server");
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("the plugin connects");
+        let hello = read_frame(&mut s).expect("the plugin's Hello");
+        let hello: Value = serde_json::from_slice(&hello).expect("Hello is JSON");
+        if s.write_all(&greeting).is_err() {
+            return hello;
+        }
+        while read_frame(&mut s).is_some() {
+            if !reply.is_empty() && s.write_all(&reply).is_err() {
+                break;
+            }
+        }
+        hello
+    })
+}
+
+/// Kill the server the first ADD started; its socket path stays for a fake.
+fn killed_server(env: &EtcdNode, conf: &Value, lock_dir: &Path) -> PathBuf {
+    let pod = Pod::new();
+    env.ohno("ADD", &pod, conf).success();
+    let pid = wait_for_server(lock_dir);
+    // DEL while the server runs: a call that finds no server would start one.
+    env.ohno("DEL", &pod, conf).success();
+    let sock = helper_socket(lock_dir, "etcd").expect("socket");
+    kill_server(pid);
+    sock
+}
+
+/// The `Hello` the plugin sends a store server at `sock` (a killed server's
+/// path): one ADD of a pod, against a fake that refuses it — the ADD is done
+/// in-process and succeeds. (Hello, the pod, which the caller DELs.)
+fn plugin_hello(env: &EtcdNode, conf: &Value, sock: &Path) -> (Value, Pod) {
+    let fake = fake_server(sock, frame(REFUSED), Vec::new());
+    let pod = Pod::new();
+    let out = env.ohno("ADD", &pod, conf);
+    out.success();
+    assert!(attached(env, &pod), "{out}");
+    let hello = fake.join().expect("the fake server");
+    assert_eq!(hello["protocol"], 1, "{hello}");
+    assert!(hello["service"]["Store"]["identity"].is_string(), "{hello}");
+    // The fake is gone: the next call finds no server and starts one.
+    let _ = std::fs::remove_file(sock);
+    (hello, pod)
+}
+
+/// The plugin is the plugin whatever its environment: `ohno` run with the old
+/// helpers' variables holding a real start document, or any other `OHNO_*`,
+/// answers VERSION and starts nothing. The on-demand server is
+/// `ohnod on-demand store` (the `ohnod` beside the plugin), started with an
+/// empty environment: its start document came on stdin.
 #[test]
-fn the_helper_role_is_an_argument_not_an_environment_variable() {
+fn the_plugin_is_the_plugin_whatever_its_environment_and_the_server_has_none() {
     use std::io::Write as _;
     let env = EtcdNode::start();
     let (conf, lock_dir) = conf_with(&env, 10_000);
-    let pod = Pod::new();
-    env.ohno("ADD", &pod, &conf).success();
-    let pid = wait_for_helper(&lock_dir);
+    let sock = killed_server(&env, &conf, &lock_dir);
+    let (hello, pod) = plugin_hello(&env, &conf, &sock);
+    let second = Pod::new();
+    env.ohno("ADD", &second, &conf).success();
+    let pid = wait_for_server(&lock_dir);
+
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    assert_eq!(&args[1..3], [&b"--helper"[..], b"etcd"], "{cmdline:?}");
-    // The document the helper was started with, from its environment.
+    assert_eq!(
+        &args[1..],
+        [&b"on-demand"[..], b"store", b""],
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("the server's executable");
+    assert_eq!(
+        exe.file_name(),
+        Some(std::ffi::OsStr::new("ohnod")),
+        "{exe:?}"
+    );
+    let plugin = std::fs::canonicalize(common::ohno_binary()).expect("the plugin's path");
+    assert_eq!(exe.parent(), plugin.parent(), "not the ohnod beside ohno");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
-    let doc = environ
-        .split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(b"OHNO_STORE_HELPER="))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .expect("the helper's document");
+    assert!(
+        environ.is_empty(),
+        "the server has an environment: {:?}",
+        String::from_utf8_lossy(&environ)
+    );
 
+    // The server's start document, as the plugin writes it on its stdin.
+    let doc = json!({
+        "socket": sock,
+        "persist_ms": 10_000,
+        "service": hello["service"],
+    })
+    .to_string();
     let mut child = std::process::Command::new(common::ohno_binary())
         .env_clear()
         .env("OHNO_STORE_HELPER", &doc)
+        .env("OHNO_POLICY_HELPER", &doc)
+        .env("OHNO_HELPER", "store")
+        .env("OHNO_ON_DEMAND", &doc)
         .env("CNI_COMMAND", "VERSION")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -183,71 +297,35 @@ fn the_helper_role_is_an_argument_not_an_environment_variable() {
     assert!(out.status.success(), "{out:?}");
     let version: Value = serde_json::from_slice(&out.stdout).expect("VERSION's answer");
     assert!(version["supportedVersions"].is_array(), "{version}");
-    assert_eq!(helper_pid(&lock_dir, "etcd"), Some(pid), "one helper still");
-    env.ohno("DEL", &pod, &conf).success();
+    assert_eq!(helper_pid(&lock_dir, "etcd"), Some(pid), "one server still");
+    for p in [&pod, &second] {
+        env.ohno("DEL", p, &conf).success();
+    }
 }
 
-/// Stand in for the helper at `sock` (a killed helper's path): answer every
-/// request with `reply` (raw bytes, framing included) until `stop`.
-fn fake_helper(sock: &Path, reply: Vec<u8>) -> std::thread::JoinHandle<()> {
-    use std::io::{Read as _, Write as _};
-    let _ = std::fs::remove_file(sock);
-    let listener = std::os::unix::net::UnixListener::bind(sock).expect("bind the fake helper");
-    std::thread::spawn(move || {
-        // One connection: the ADD's.
-        let Ok((mut s, _)) = listener.accept() else {
-            return;
-        };
-        let mut len = [0u8; 4];
-        while s.read_exact(&mut len).is_ok() {
-            let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-            if s.read_exact(&mut body).is_err() || s.write_all(&reply).is_err() {
-                return;
-            }
-        }
-    })
-}
-
-fn frame(json: &str) -> Vec<u8> {
-    let mut v = (json.len() as u32).to_le_bytes().to_vec();
-    v.extend_from_slice(json.as_bytes());
-    v
-}
-
-/// Kill the helper the first ADD started; its socket path stays for a fake.
-fn killed_helper(env: &EtcdNode, conf: &Value, lock_dir: &Path) -> PathBuf {
-    let pod = Pod::new();
-    env.ohno("ADD", &pod, conf).success();
-    let pid = wait_for_helper(lock_dir);
-    // DEL while the helper runs: a call that finds no helper would start one.
-    env.ohno("DEL", &pod, conf).success();
-    let sock = helper_socket(lock_dir, "etcd").expect("socket");
-    kill_helper(pid);
-    sock
-}
-
-/// A helper that answers with the wrong shape (no answer for the reads it was
-/// asked, a reply of another kind) fails the call with code 105 and a message
-/// — never a panic; one that announces a frame past the limit is a broken
-/// helper: the call completes in-process.
+/// A server that answers with the wrong shape (no answer for the reads it was
+/// asked, a reply of another kind) fails the call with code 107 (an agent
+/// failure) and a message — never a panic; one that announces a frame past
+/// the limit is a broken server, and one that refuses the caller is not
+/// serving it: either way the call completes in-process.
 #[test]
-fn a_helper_answering_the_wrong_shape_is_a_store_error_never_a_panic() {
+fn a_server_answering_the_wrong_shape_is_an_agent_error_never_a_panic() {
     let env = EtcdNode::start();
     let (conf, lock_dir) = conf_with(&env, 60_000);
-    let sock = killed_helper(&env, &conf, &lock_dir);
+    let sock = killed_server(&env, &conf, &lock_dir);
 
     for wrong in [
         r#"{"Reads":[]}"#,
         r#"{"TxnOrRead":[[]]}"#,
         r#"{"Range":[]}"#,
     ] {
-        let fake = fake_helper(&sock, frame(wrong));
+        let fake = fake_server(&sock, frame(WELCOME), frame(wrong));
         let pod = Pod::new();
         let out = env.ohno("ADD", &pod, &conf);
-        let msg = out.error_with_code(105);
+        let msg = out.error_with_code(107);
         assert!(!out.stderr.contains("panicked"), "{out}");
         let details = out.json()["details"].as_str().unwrap_or_default();
-        assert!(details.contains("the etcd helper answered"), "{out}\n{msg}");
+        assert!(details.contains("the agent answered"), "{out}\n{msg}");
         assert!(details.len() < 1000, "{out}");
         assert!(pod.ns.link("eth0").is_none(), "{out}");
         drop(out);
@@ -255,28 +333,41 @@ fn a_helper_answering_the_wrong_shape_is_a_store_error_never_a_panic() {
         assert!(!attached(&env, &pod));
     }
 
-    // A header claiming 4 GiB: the connection is dropped, the ADD is done here.
-    let fake = fake_helper(&sock, u32::MAX.to_le_bytes().to_vec());
-    let pod = Pod::new();
-    let out = env.ohno("ADD", &pod, &conf);
-    out.success();
-    assert!(attached(&env, &pod), "{out}");
-    let _ = fake.join();
-    env.ohno("DEL", &pod, &conf).success();
+    // A header claiming 4 GiB, as a reply or as the greeting, and a refusal:
+    // the connection is dropped, the ADD is done here. (The DELs come last: a
+    // call that finds no server starts one, which would take the fakes' path.)
+    let mut done_here = Vec::new();
+    for (greeting, reply) in [
+        (frame(WELCOME), u32::MAX.to_le_bytes().to_vec()),
+        (u32::MAX.to_le_bytes().to_vec(), Vec::new()),
+        (frame(REFUSED), Vec::new()),
+    ] {
+        let fake = fake_server(&sock, greeting, reply);
+        let pod = Pod::new();
+        let out = env.ohno("ADD", &pod, &conf);
+        out.success();
+        assert!(attached(&env, &pod), "{out}");
+        let _ = fake.join();
+        done_here.push(pod);
+    }
+    for pod in &done_here {
+        env.ohno("DEL", pod, &conf).success();
+    }
+    assert!(env.section("attachments").is_empty());
 }
 
-/// The helper serves at most a bounded number of connections at once: with
+/// The server serves at most a bounded number of connections at once: with
 /// that many held open and silent, an ADD is turned away at once and done
-/// in-process; and headers announcing huge frames cost the helper memory only
+/// in-process; and headers announcing huge frames cost the server memory only
 /// for the bytes that arrive.
 #[test]
-fn a_flood_of_silent_connections_neither_stalls_adds_nor_grows_the_helper() {
+fn a_flood_of_silent_connections_neither_stalls_adds_nor_grows_the_server() {
     use std::io::Write as _;
     let env = EtcdNode::start();
     let (conf, lock_dir) = conf_with(&env, 60_000);
     let first = Pod::new();
     env.ohno("ADD", &first, &conf).success();
-    let pid = wait_for_helper(&lock_dir);
+    let pid = wait_for_server(&lock_dir);
     let sock = helper_socket(&lock_dir, "etcd").expect("socket");
     let vm_data = || -> u64 {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -292,7 +383,7 @@ fn a_flood_of_silent_connections_neither_stalls_adds_nor_grows_the_helper() {
         let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) else {
             break;
         };
-        // A header for a 64 MiB body that never comes.
+        // A header for a 64 MiB Hello that never comes.
         let _ = s.write_all(&(64u32 << 20).to_le_bytes());
         held.push(s);
     }
@@ -300,7 +391,7 @@ fn a_flood_of_silent_connections_neither_stalls_adds_nor_grows_the_helper() {
     let grown_kb = vm_data().saturating_sub(before);
     assert!(
         grown_kb < 256 * 1024,
-        "the helper grew by {grown_kb} kB for headers alone"
+        "the server grew by {grown_kb} kB for headers alone"
     );
     let pod = Pod::new();
     let started = std::time::Instant::now();
@@ -318,35 +409,45 @@ fn a_flood_of_silent_connections_neither_stalls_adds_nor_grows_the_helper() {
     assert!(env.section("attachments").is_empty());
 }
 
-/// One request on the helper's socket, framed as the plugin frames it; the
-/// reply's JSON.
-fn ask_helper(sock: &Path, request: &str) -> Value {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the helper");
+/// A connection to the server at `sock` opened with `hello`, as the plugin
+/// opens one: the greeting's JSON, and a reply's JSON to each of `requests`
+/// (none when the greeting is not a welcome).
+fn ask_server(sock: &Path, hello: &Value, requests: &[&str]) -> (Value, Vec<Value>) {
+    use std::io::Write as _;
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the server");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
-    s.write_all(&frame(request)).expect("send the request");
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("the reply's length");
-    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-    s.read_exact(&mut body).expect("the reply");
-    serde_json::from_slice(&body).expect("the reply is JSON")
+    s.write_all(&frame(&hello.to_string()))
+        .expect("send the Hello");
+    let greeting = read_frame(&mut s).expect("the greeting");
+    let greeting: Value = serde_json::from_slice(&greeting).expect("the greeting is JSON");
+    if greeting.get("Welcome").is_none() {
+        return (greeting, Vec::new());
+    }
+    let replies = requests
+        .iter()
+        .map(|request| {
+            s.write_all(&frame(request)).expect("send the request");
+            let reply = read_frame(&mut s).expect("the reply");
+            serde_json::from_slice(&reply).expect("the reply is JSON")
+        })
+        .collect();
+    (greeting, replies)
 }
 
-/// The helper runs requests with its own client certificate for callers of
+/// The server runs requests with its own client certificate for callers of
 /// one configuration: keys outside that configuration's prefix are refused,
-/// whoever reaches its socket.
+/// whoever reaches its socket; and a caller naming another configuration
+/// (another prefix, say) or another protocol is not served at all.
 #[test]
-fn the_helper_refuses_keys_outside_its_prefix() {
+fn the_server_refuses_keys_outside_its_prefix() {
     let env = EtcdNode::start();
     let (conf, lock_dir) = conf_with(&env, 60_000);
-    let pod = Pod::new();
-    env.ohno("ADD", &pod, &conf).success();
-    assert!(eventually(Duration::from_secs(5), || helper_pid(
-        &lock_dir, "etcd"
-    )
-    .is_some()));
-    let sock = helper_socket(&lock_dir, "etcd").expect("socket");
+    let sock = killed_server(&env, &conf, &lock_dir);
+    let (hello, pod) = plugin_hello(&env, &conf, &sock);
+    let other = Pod::new();
+    env.ohno("ADD", &other, &conf).success();
+    wait_for_server(&lock_dir);
     let out = env.cluster.etcdctl(
         &env.cluster.endpoints(),
         &["put", "/other/secret", "s3cret"],
@@ -354,8 +455,12 @@ fn the_helper_refuses_keys_outside_its_prefix() {
     assert_eq!(out.code, 0, "{out}");
 
     // Inside the prefix: served.
-    let pool = ask_helper(&sock, r#"{"Get":"/ohno/pools/default"}"#);
-    assert!(pool["Get"]["key"] == "/ohno/pools/default", "{pool}");
+    let (greeting, replies) = ask_server(&sock, &hello, &[r#"{"Get":"/ohno/pools/default"}"#]);
+    assert_eq!(greeting["Welcome"]["protocol"], 1, "{greeting}");
+    assert!(
+        replies[0]["Get"]["key"] == "/ohno/pools/default",
+        "{replies:?}"
+    );
     // Outside it, or a range reaching past it: refused, naming the key.
     for (request, key) in [
         (r#"{"Get":"/other/secret"}"#, "/other/secret"),
@@ -366,7 +471,8 @@ fn the_helper_refuses_keys_outside_its_prefix() {
             "/other/planted",
         ),
     ] {
-        let reply = ask_helper(&sock, request);
+        let (_, replies) = ask_server(&sock, &hello, &[request]);
+        let reply = &replies[0];
         let why = reply["Failed"]["Store"].as_str().unwrap_or_default();
         assert!(
             why.contains(&format!("{key:?}")) && why.contains("serves keys under \"/ohno\" only"),
@@ -374,9 +480,21 @@ fn the_helper_refuses_keys_outside_its_prefix() {
         );
         assert!(!reply.to_string().contains("s3cret"), "{reply}");
     }
+    // A Hello for the whole keyspace, or in another protocol: refused.
+    let mut everything = hello.clone();
+    everything["service"]["Store"]["conf"]["prefix"] = json!("");
+    let mut newer = hello.clone();
+    newer["protocol"] = json!(2);
+    for forged in [everything, newer] {
+        let (greeting, _) = ask_server(&sock, &forged, &[r#"{"Get":"/other/secret"}"#]);
+        assert!(greeting["Refused"].is_object(), "{forged} -> {greeting}");
+        assert!(!greeting.to_string().contains("s3cret"), "{greeting}");
+    }
     assert!(
         env.cluster.keys("/other/planted").is_empty(),
         "a refused write reached etcd"
     );
-    env.ohno("DEL", &pod, &conf).success();
+    for p in [&pod, &other] {
+        env.ohno("DEL", p, &conf).success();
+    }
 }

@@ -722,8 +722,9 @@ impl Drop for Node {
     }
 }
 
-/// The socket of the node-local helper of `kind` (`etcd`, `policy`) in the
-/// lock directory `dir`, if there is one.
+/// The socket of the on-demand server (`ohnod on-demand`) of `kind` (`etcd`,
+/// `policy`: the socket's prefix) in the lock directory `dir`, if there is
+/// one.
 pub fn helper_socket(dir: &Path, kind: &str) -> Option<PathBuf> {
     let prefix = format!("{kind}-");
     std::fs::read_dir(dir)
@@ -737,15 +738,31 @@ pub fn helper_socket(dir: &Path, kind: &str) -> Option<PathBuf> {
         })
 }
 
-/// The PID the `kind` helper wrote into its lock file, while that process is
-/// alive and is that helper (`ohno-<kind>-helper` in `ps`).
+/// The PID the `kind` on-demand server wrote into its lock file, while that
+/// process is alive and is that server (see [`is_on_demand_server`]).
 pub fn helper_pid(dir: &Path, kind: &str) -> Option<i32> {
     let lock = helper_socket(dir, kind)?.with_extension("lock");
     let pid: i32 = std::fs::read_to_string(lock).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    cmdline
-        .starts_with(format!("ohno-{kind}-helper\0").as_bytes())
-        .then_some(pid)
+    is_on_demand_server(pid, kind).then_some(pid)
+}
+
+/// Whether `pid` is an on-demand server for the sockets of `kind` (`etcd`,
+/// `policy`), by its command line: `…/ohnod on-demand store|policy`.
+pub fn is_on_demand_server(pid: i32, kind: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let service = match kind {
+        "etcd" => "store",
+        other => other,
+    };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.len() >= 3
+        && Path::new(std::ffi::OsStr::from_bytes(args[0])).file_name()
+            == Some(std::ffi::OsStr::new("ohnod"))
+        && args[1] == b"on-demand"
+        && args[2] == service.as_bytes()
 }
 
 /// `veth` followed by 11 lower-case hex digits.
