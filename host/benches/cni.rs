@@ -6,8 +6,8 @@
 //!    with a 3-member mutual-TLS etcd cluster, and Debian's reference
 //!    `bridge` with `host-local`, with ratios to the reference and the targets
 //!    next to them. Ohno's DEL returns before the kernel has deleted the veth (a
-//!    detached `ohno --reap-link` does that), so "DEL until the pod's host veth
-//!    is gone" is reported beside it.
+//!    detached `ohnod on-demand reap`, or the agent's reaper, does that), so
+//!    "DEL until the pod's host veth is gone" is reported beside it.
 //! 2. ADD latency with an almost empty /16 pool versus the same pool 90% full,
 //!    for both stores. The full pool is written through the `ohno` library
 //!    (block claims, address and attachment keys of filler nodes, batched
@@ -540,7 +540,7 @@ fn node_plugins<'h>(
                 &bridge,
             );
             // Each simulated node has its own node-local directory (claim
-            // lock, hints, etcd connection helper), as separate machines would.
+            // lock, hints, on-demand store server), as separate machines would.
             plugin.conf["ipam"]["lockDir"] = json!(node.dir.path().join(format!("locks-{name}")));
             plugin
         })
@@ -1274,7 +1274,7 @@ fn main() {
             bridge: "ohno0".into(),
         }),
         Latency::new(Plugin {
-            label: "ohno, etcd, no helper (persistMs 0)".into(),
+            label: "ohno, etcd, no on-demand server (persistMs 0)".into(),
             host: &etcd_host,
             binary: ohno_bin.clone(),
             conf: {
@@ -1424,7 +1424,7 @@ fn main() {
         verdict(agent_rss_kib <= 40 * 1024).into(),
     ]);
     targets.row(vec![
-        "(info) ohno etcd without the connection helper (persistMs 0): ADD".into(),
+        "(info) ohno etcd without the on-demand store server (persistMs 0): ADD".into(),
         ratio(p50(&etcd_cold.add), ref_add50),
         String::new(),
     ]);
@@ -1449,7 +1449,8 @@ fn main() {
     report.para(
         "DEL→veth gone: from the DEL's start until the pod's host veth no longer exists in \
          the host namespace (polled every 0.25 ms after DEL returns). Ohno's DEL retires the \
-         pair and leaves the kernel's deletion (an RCU barrier) to a detached `ohno --reap-link`; \
+         pair and leaves the kernel's deletion (an RCU barrier) to a detached \
+         `ohnod on-demand reap` (or the agent's reaper, when `ohnod run` answers); \
          the reference DEL deletes it before returning, so its two columns match. The bench \
          waits for the veth to be gone before the next call.",
     );
@@ -1466,9 +1467,10 @@ fn main() {
     ));
     report.para(
         "etcd: \"ohno, etcd\" runs with the default `persistMs` (30 s): its warm-up call starts \
-         the node's connection helper, and every timed call sends its store operations through \
-         it (one mutual-TLS connection kept open; README, \"The etcd connection helper\"). \
-         \"no helper\" is the same cluster with `persistMs` 0, as another node: every call \
+         the node's on-demand store server (`ohnod on-demand store`), and every timed call \
+         sends its store operations through it (one mutual-TLS connection kept open; README, \
+         \"The node agent: `ohnod`\"). \"no on-demand server\" is the same cluster with \
+         `persistMs` 0, as another node: every call \
          connects, handshakes and sets up HTTP/2 on its own.",
     );
     drop(contenders);
