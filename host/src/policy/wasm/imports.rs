@@ -14,8 +14,9 @@ use wasmtime::component::{HasSelf, Linker, WasmStr};
 use wasmtime::StoreContextMut;
 
 use super::bindings::ohno::policy::types as t;
+use super::bindings::{from_wit_ip, to_wit_ip};
 use super::limits::{bounded, LINE_BYTES, NAME_BYTES};
-use super::{from_wit_ip, to_wit_ip, HostState};
+use super::HostState;
 
 /// The instance name; components built against any 0.1.x resolve to it.
 const HOST: &str = "ohno:policy/host@0.1.0";

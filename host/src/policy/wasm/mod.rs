@@ -1,221 +1,71 @@
 //! The WebAssembly policy host: loads an admin's component (by path from the CNI
 //! config), checks it against the `ohno:policy` contract, and runs it sandboxed.
 //!
-//! - One `bindgen!` (below), over `wit/policy.wit`.
-//! - One engine configuration ([`engine`]): Cranelift, fuel (the deterministic
-//!   budget), epoch interruption (the wall-clock backstop for `timeoutMs`), a
-//!   bounded wasm stack, GC and exceptions off. `ohnoctl policy compile` uses the
-//!   same function, so its cache entries are the plugin's.
-//! - A fresh `Store` per ADD with the limits of [`limits`]: one memory of
-//!   `memoryMB`, bounded tables, host resources, log volume and answers; host
-//!   calls cost fuel.
-//! - Every wait ends at the call's deadline, in wasm and in the host
-//!   ([`deadline`]); each store has its own, so calls of many stores run at once.
-//! - WASI with a deny-everything context: no preopened directories, no
-//!   environment or arguments, no network, stdin empty; the guest's stdout and
-//!   stderr go to a capped buffer ([`output`]) copied into the log, never to the
-//!   plugin's stdout (which carries the CNI result).
-//! - Imports are checked against an allow-list at load, by name; Ohno's own
-//!   are in [`imports`], answered from the node's [`HostView`] ([`view`]).
+//! This file is what a policy call is: the per-ADD store ([`HostState`]), the
+//! component shared by every ADD ([`Loaded`]), one call under its deadline
+//! ([`WasmPolicy`], the [`Policy`] impl) and what a fault becomes
+//! ([`tolerate`]). The rest, by concern:
+//!
+//! - [`bindings`]: the one `bindgen!`, over `wit/policy.wit`, and the
+//!   conversions between WIT types and the crate's.
+//! - [`engine`](mod@engine): the one engine configuration ([`engine()`]):
+//!   Cranelift, fuel (the deterministic budget), epoch interruption (the
+//!   wall-clock backstop for `timeoutMs`), a bounded wasm stack, GC and
+//!   exceptions off. `ohnoctl policy compile` uses the same function, so its
+//!   cache entries are the plugin's. Loading a component and checking its
+//!   contract (version, imports).
+//! - [`sandbox`]: the allow-list of imports, checked at load by name, and WASI
+//!   with a deny-everything context: no preopened directories, no environment
+//!   or arguments, no network, stdin empty.
+//! - [`limits`]: a fresh `Store` per ADD with one memory of `memoryMB`, bounded
+//!   tables, host resources, log volume and answers; host calls cost fuel.
+//! - [`deadline`]: every wait ends at the call's deadline, in wasm and in the
+//!   host; each store has its own, so calls of many stores run at once.
+//! - [`output`]: the guest's stdout and stderr go to a capped buffer copied
+//!   into the log, never to the plugin's stdout (which carries the CNI result).
+//! - [`imports`]: Ohno's own imports, answered from the node's [`HostView`]
+//!   ([`view`]).
 //! - Precompiled components are cached by sha256 of the component and the
-//!   engine's compatibility hash ([`cache`]).
+//!   engine's compatibility hash ([`cache`](super::cache)).
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, Strategy, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::cache;
 use super::{Allocation, Family, Naming, Pod, Policy};
 use crate::config::PoolConf;
 use crate::error::{Error, Result};
 
+mod bindings;
 mod deadline;
+mod engine;
 mod imports;
 mod limits;
 mod output;
+mod sandbox;
 mod view;
 
+pub use engine::{
+    check_contract, describe, engine, load_component, CacheOutcome, WIT_PACKAGE, WIT_VERSION,
+};
+pub use sandbox::link_wasi;
 pub use view::HostView;
 
 use deadline::Ticker;
 
-/// The one `bindgen!`: Rust types and traits for the `policy` world.
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "policy",
-    });
-}
-
 use bindings::ohno::policy::types as t;
 use bindings::Policy as PolicyWorld;
 use bindings::PolicyPre as PolicyWorldPre;
-
-/// The package version this host implements; components built against any
-/// 0.1.x are accepted.
-pub const WIT_PACKAGE: &str = "ohno:policy";
-pub const WIT_VERSION: &str = "0.1.0";
-const WIT_COMPATIBLE: &str = "0.1.";
-
-/// The bound on the wasm stack.
-const MAX_WASM_STACK: usize = 512 * 1024;
-
-/// The host's own interfaces a component may import.
-const OWN_IMPORTS: &[&str] = &["ohno:policy/host@0.1.", "ohno:policy/types@0.1."];
-
-use deadline::LinkWasi;
-
-/// Access to the resource table, for the `wasi:io` interfaces.
-struct HasTable;
-
-impl wasmtime::component::HasData for HasTable {
-    type Data<'a> = &'a mut ResourceTable;
-}
-
-/// The WASI interfaces a Rust `std` component imports, which the host may link
-/// because the deny-everything context makes them harmless (no preopens, no
-/// network, no environment), each with the function that links it. Anything
-/// else is refused at load. Only the interfaces a component imports are linked:
-/// linking costs per function, on every ADD (the sockets alone are a third of
-/// WASI, and the sandbox never links them).
-fn wasi_imports<T: WasiView + 'static>() -> [(&'static str, LinkWasi<T>); 20] {
-    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
-    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io, random, sync};
-    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
-    [
-        ("wasi:cli/environment@0.2.", |l| {
-            cli::environment::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:cli/exit@0.2.", |l| {
-            cli::exit::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:cli/stdin@0.2.", |l| {
-            cli::stdin::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:cli/stdout@0.2.", |l| {
-            cli::stdout::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:cli/stderr@0.2.", |l| {
-            cli::stderr::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:cli/terminal-input@0.2.", |l| {
-            cli::terminal_input::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:cli/terminal-output@0.2.", |l| {
-            cli::terminal_output::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:cli/terminal-stdin@0.2.", |l| {
-            cli::terminal_stdin::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:cli/terminal-stdout@0.2.", |l| {
-            cli::terminal_stdout::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:cli/terminal-stderr@0.2.", |l| {
-            cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)
-        }),
-        ("wasi:io/error@0.2.", |l| {
-            io::error::add_to_linker::<T, HasTable>(l, |t| t.ctx().table)
-        }),
-        ("wasi:io/poll@0.2.", |l| {
-            sync::io::poll::add_to_linker::<T, HasTable>(l, |t| t.ctx().table)
-        }),
-        ("wasi:io/streams@0.2.", |l| {
-            sync::io::streams::add_to_linker::<T, HasTable>(l, |t| t.ctx().table)
-        }),
-        ("wasi:clocks/wall-clock@0.2.", |l| {
-            clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)
-        }),
-        ("wasi:clocks/monotonic-clock@0.2.", |l| {
-            clocks::monotonic_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)
-        }),
-        ("wasi:random/random@0.2.", |l| {
-            random::random::add_to_linker::<T, WasiRandom>(l, T::random)
-        }),
-        ("wasi:random/insecure@0.2.", |l| {
-            random::insecure::add_to_linker::<T, WasiRandom>(l, T::random)
-        }),
-        ("wasi:random/insecure-seed@0.2.", |l| {
-            random::insecure_seed::add_to_linker::<T, WasiRandom>(l, T::random)
-        }),
-        ("wasi:filesystem/types@0.2.", |l| {
-            sync::filesystem::types::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)
-        }),
-        ("wasi:filesystem/preopens@0.2.", |l| {
-            filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)
-        }),
-    ]
-}
-
-/// Whether the sandbox provides `import`.
-fn allowed(import: &str) -> bool {
-    OWN_IMPORTS.iter().any(|a| import.starts_with(a))
-        || wasi_imports::<HostState>()
-            .iter()
-            .any(|(a, _)| import.starts_with(a))
-}
-
-/// Link the WASI interfaces `component` imports (only allowed ones are known:
-/// [`check_contract`] refuses the rest).
-pub fn link_wasi<T: WasiView + 'static>(
-    engine: &Engine,
-    component: &Component,
-    linker: &mut Linker<T>,
-) -> wasmtime::Result<()> {
-    link_wasi_with(engine, component, linker, &[])
-}
-
-/// [`link_wasi`], with `own` linked instead of wasmtime-wasi's interfaces of
-/// the same prefix (the sandbox's bounded waits).
-fn link_wasi_with<T: WasiView + 'static>(
-    engine: &Engine,
-    component: &Component,
-    linker: &mut Linker<T>,
-    own: &[(&'static str, LinkWasi<T>)],
-) -> wasmtime::Result<()> {
-    let imports: Vec<String> = component
-        .component_type()
-        .imports(engine)
-        .map(|(n, _)| n.to_string())
-        .collect();
-    for (prefix, link) in wasi_imports::<T>() {
-        if imports.iter().any(|i| i.starts_with(prefix)) {
-            let link = own
-                .iter()
-                .find(|(p, _)| *p == prefix)
-                .map_or(link, |(_, l)| *l);
-            link(linker)?;
-        }
-    }
-    Ok(())
-}
+use bindings::{from_wit_allocation, to_wit_pod, to_wit_pool, wit_error};
 
 pub use crate::config::policy::{
     FailurePolicy, PolicyConf, DEFAULT_CACHE_DIR, DEFAULT_FUEL, DEFAULT_MEMORY_MB,
     DEFAULT_PERSIST_MS, DEFAULT_TIMEOUT_MS,
 };
-
-/// The engine every policy runs on (and `ohnoctl policy compile` compiles for).
-pub fn engine() -> Result<Engine> {
-    let mut c = Config::new();
-    c.strategy(Strategy::Cranelift)
-        .wasm_component_model(true)
-        .consume_fuel(true)
-        .epoch_interruption(true)
-        .max_wasm_stack(MAX_WASM_STACK)
-        // GC off; threads and exceptions are not compiled into this wasmtime.
-        .wasm_gc(false);
-    Engine::new(&c).map_err(|e| Error::PolicyFault {
-        policy: "(engine)".into(),
-        reason: format!("configure wasmtime: {e:#}"),
-    })
-}
 
 /// Per-ADD store data.
 struct HostState {
@@ -246,43 +96,6 @@ impl WasiView for HostState {
     }
 }
 
-fn to_wit_ip(ip: IpAddr) -> t::IpAddress {
-    match ip {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            t::IpAddress::V4((o[0], o[1], o[2], o[3]))
-        }
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            t::IpAddress::V6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
-        }
-    }
-}
-
-fn from_wit_ip(ip: &t::IpAddress) -> IpAddr {
-    match *ip {
-        t::IpAddress::V4((a, b, c, d)) => IpAddr::from([a, b, c, d]),
-        t::IpAddress::V6((a, b, c, d, e, f, g, h)) => IpAddr::from([a, b, c, d, e, f, g, h]),
-    }
-}
-
-impl bindings::ohno::policy::types::Host for HostState {}
-
-/// How a component was obtained, for logs and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheOutcome {
-    /// Loaded the precompiled entry.
-    Hit,
-    /// Compiled and stored.
-    Compiled,
-    /// The entry was refused (damaged, another engine's, or failing the cache's
-    /// trust checks, see [`cache`]); recompiled and stored in its place.
-    Replaced,
-    /// Compiled and not stored: no cache, a cache directory that failed its
-    /// checks, or a write that failed (each logged).
-    Uncached,
-}
-
 /// A fault of the policy named `policy`.
 fn fault(policy: &str, reason: impl Into<String>) -> Error {
     Error::PolicyFault {
@@ -291,143 +104,6 @@ fn fault(policy: &str, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Load `path` as a component: from the cache in `cache_dir` when it holds an
-/// entry that passes the cache's checks (see [`cache`]), else compile, and
-/// store the result when the directory itself passes them. `None`: compile in
-/// memory. Every refusal is logged with the check that failed. Checks the
-/// contract (version, imports) either way.
-pub fn load_component(
-    engine: &Engine,
-    path: &Path,
-    cache_dir: Option<&Path>,
-) -> Result<(Component, CacheOutcome)> {
-    let name = path.display().to_string();
-    let read_err = |e: std::io::Error| fault(&name, format!("read the component: {e}"));
-    let dir = match cache_dir.map(|d| (d, cache::CacheDir::open(d))) {
-        None => None,
-        Some((_, Ok(dir))) => Some(dir),
-        Some((d, Err(why))) => {
-            log::warn!(
-                "policy {name}: cache directory {} refused: {why}; compiling without a cache",
-                d.display()
-            );
-            None
-        }
-    };
-    let Some(dir) = dir else {
-        let bytes = std::fs::read(path).map_err(read_err)?;
-        return Ok((compile(engine, &bytes, &name)?, CacheOutcome::Uncached));
-    };
-    let (key, bytes) = dir.key_of_file(engine, path).map_err(read_err)?;
-    let entry = dir.entry_path(&key);
-    let mut outcome = CacheOutcome::Compiled;
-    match dir.read(&key) {
-        Ok(None) => {}
-        Ok(Some(verified)) => match cache::deserialize(engine, &verified) {
-            Ok(c) => {
-                log::debug!("policy {name}: loaded from cache {}", entry.display());
-                check_contract(engine, &c, &name)?;
-                return Ok((c, CacheOutcome::Hit));
-            }
-            Err(e) => {
-                log::warn!(
-                    "policy {name}: cache entry {} unusable ({e:#}); recompiling",
-                    entry.display()
-                );
-                outcome = CacheOutcome::Replaced;
-            }
-        },
-        Err(why) => {
-            log::warn!(
-                "policy {name}: cache entry {} refused: {why}; recompiling",
-                entry.display()
-            );
-            outcome = CacheOutcome::Replaced;
-        }
-    }
-    let bytes = match bytes {
-        Some(b) => b,
-        None => std::fs::read(path).map_err(read_err)?,
-    };
-    let component = compile(engine, &bytes, &name)?;
-    match component
-        .serialize()
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|payload| dir.write(&key, &payload))
-    {
-        Ok(()) => log::debug!("policy {name}: cached at {}", entry.display()),
-        Err(e) => {
-            log::warn!(
-                "policy {name}: cannot write cache entry {}: {e}",
-                entry.display()
-            );
-            outcome = CacheOutcome::Uncached;
-        }
-    }
-    Ok((component, outcome))
-}
-
-/// Compile `bytes` (the component `name`) and check its contract.
-fn compile(engine: &Engine, bytes: &[u8], name: &str) -> Result<Component> {
-    let started = Instant::now();
-    let component = Component::new(engine, bytes)
-        .map_err(|e| fault(name, format!("not a valid WebAssembly component: {e:#}")))?;
-    check_contract(engine, &component, name)?;
-    log::info!(
-        "policy {name}: compiled in {:.1} ms",
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(component)
-}
-
-/// The component implements `ohno:policy/decisions@0.1.x` and imports nothing
-/// outside the allow-list.
-pub fn check_contract(engine: &Engine, component: &Component, name: &str) -> Result<()> {
-    let ty = component.component_type();
-    let export = ty
-        .exports(engine)
-        .map(|(n, _)| n.to_string())
-        .find(|n| n.starts_with(&format!("{WIT_PACKAGE}/decisions@")));
-    let Some(export) = export else {
-        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-        return Err(fault(
-            name,
-            format!(
-                "does not export {WIT_PACKAGE}/decisions (it exports: {}); build it against the {WIT_PACKAGE}@{WIT_VERSION} WIT",
-                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
-            ),
-        ));
-    };
-    let version = export.rsplit('@').next().unwrap_or_default();
-    if !version.starts_with(WIT_COMPATIBLE) {
-        return Err(fault(
-            name,
-            format!(
-                "is built against {WIT_PACKAGE}@{version}; this ohno supports {WIT_PACKAGE}@{WIT_COMPATIBLE}x (rebuild it against the {WIT_VERSION} WIT)"
-            ),
-        ));
-    }
-    for (import, _) in ty.imports(engine) {
-        if !allowed(import) {
-            return Err(fault(
-                name,
-                format!("imports {import}, which the policy sandbox does not provide (no files, network or other host access)"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Versions and exports, for `ohnoctl policy check`.
-pub fn describe(engine: &Engine, component: &Component) -> (Vec<String>, Vec<String>) {
-    let ty = component.component_type();
-    (
-        ty.exports(engine).map(|(n, _)| n.to_string()).collect(),
-        ty.imports(engine).map(|(n, _)| n.to_string()).collect(),
-    )
-}
-
-/// A loaded, configured policy component for one ADD.
 pub struct WasmPolicy {
     name: String,
     store: Store<HostState>,
@@ -485,7 +161,7 @@ impl Loaded {
         let engine = engine()?;
         let (component, cache) = load_component(&engine, &conf.path, cache_dir)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
-        link_wasi_with(
+        sandbox::link_wasi_with(
             &engine,
             &component,
             &mut linker,
@@ -520,15 +196,7 @@ impl WasmPolicy {
         let engine = &loaded.engine;
         let stdout = output::GuestOutput::new();
         let stderr = output::GuestOutput::new();
-        // Deny everything: no preopens, no env, no args, no sockets, empty stdin.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .max_random_size(limits::RANDOM_BYTES)
-            .build();
+        let wasi = sandbox::wasi_ctx(&stdout, &stderr);
         let file = conf
             .path
             .file_name()
@@ -665,14 +333,6 @@ pub fn tolerate<T>(conf: &PolicyConf, r: Result<T>, fallback: T) -> Result<T> {
     }
 }
 
-/// A policy's error in words, its message bounded.
-fn wit_error(e: t::Error) -> String {
-    match e {
-        t::Error::InvalidConfig(m) => format!("invalid config: {}", limits::answered_reason(m)),
-        t::Error::Internal(m) => format!("internal error: {}", limits::answered_reason(m)),
-    }
-}
-
 /// A trap in words an admin can act on.
 fn describe_trap(e: &wasmtime::Error, conf: &PolicyConf) -> String {
     if let Some(trap) = e.downcast_ref::<Trap>() {
@@ -710,54 +370,6 @@ fn describe_trap(e: &wasmtime::Error, conf: &PolicyConf) -> String {
         );
     }
     text
-}
-
-/// An allocation answer, its strings bounded: a name too long for any pool is
-/// refused (`Err` says why), a deny reason is cut.
-fn from_wit_allocation(a: t::Allocation) -> std::result::Result<Allocation, String> {
-    let pool = |p| limits::answered_name("pool name", p);
-    Ok(match a {
-        t::Allocation::Default => Allocation::Default,
-        t::Allocation::Pool(p) => Allocation::Pool(pool(p)?),
-        t::Allocation::Address((p, ip)) => Allocation::Address {
-            pool: pool(p)?,
-            address: from_wit_ip(&ip),
-        },
-        t::Allocation::Deny(reason) => Allocation::Deny(limits::answered_reason(reason)),
-    })
-}
-
-fn to_wit_pod(pod: &Pod) -> t::Pod {
-    t::Pod {
-        container_id: pod.container_id.clone(),
-        ifname: pod.ifname.clone(),
-        netns: pod.netns.clone(),
-        network: pod.network.clone(),
-        node: pod.node.clone(),
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        uid: pod.uid.clone(),
-        annotations: pod
-            .annotations
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        args: pod.args.clone(),
-    }
-}
-
-fn to_wit_pool(p: &PoolConf) -> t::Pool {
-    t::Pool {
-        name: p.name.clone(),
-        family: if p.subnet.is_ipv4() {
-            t::Family::Ipv4
-        } else {
-            t::Family::Ipv6
-        },
-        subnet: to_wit_ip(p.subnet.network()),
-        prefix_len: p.subnet.prefix(),
-        block_size: p.block_size,
-    }
 }
 
 impl Policy for WasmPolicy {
@@ -806,18 +418,5 @@ impl Policy for WasmPolicy {
 
     fn reject(&mut self, err: Error) -> Result<()> {
         self.tolerate(Err(err), ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wit_addresses_round_trip() {
-        for s in ["10.85.0.1", "fd00:85::1", "255.255.255.255", "::"] {
-            let ip: IpAddr = s.parse().unwrap();
-            assert_eq!(from_wit_ip(&to_wit_ip(ip)), ip);
-        }
     }
 }
