@@ -5,7 +5,9 @@
 #   etcd   the 3-member mutual-TLS etcd cluster of myclusters/, started inside the
 #          throwaway host netns and stopped afterwards
 #   wasm   a WebAssembly policy (pod_ifname.wasm, built by `make policies`), local store
-# and once more for DEL's detached link reaper (`ohno --reap-link`, see below).
+# then the node agent (`ohnod run`, the `ohnod` beside `ohno`) under memcheck with
+# an ADD and a DEL under memcheck through it (etcd and wasm), and once more for
+# DEL's detached link reaper (`ohnod on-demand reap`, see below).
 # Fails on any definite leak or memory error (invalid read/write, use of
 # uninitialised values, bad frees...): valgrind's --error-exitcode plus a scan of
 # every log for "definitely lost" and a non-zero ERROR SUMMARY.
@@ -22,29 +24,31 @@
 #   --smc-check=all-non-file  (wasm scenario) wasmtime writes Cranelift's machine
 #       code into anonymous mappings and then runs it; this makes valgrind notice
 #       code written there after it translated the page.
-#   no --trace-children: DEL spawns `/proc/self/exe --reap-link INDEX --netns-fd FD`
-#       detached. Under valgrind /proc/self/exe is valgrind's own tool binary, which
-#       refuses to run ("You cannot run '/proc/self/exe' directly") whether children
-#       are traced or not; the exec itself succeeds, so DEL believes the reaper
-#       started and the retired pair (down, renamed ohnodel<index>) stays until the
-#       pod netns is deleted. So the script (a) reports, after each DEL, whether
-#       the retired link is gone (expected "still present" under valgrind; a note,
-#       not a failure) and (b) runs the reaper itself, the real
-#       `ohno --reap-link INDEX --netns-fd 3`, under memcheck on a tombstoned link
-#       it creates, and checks that the link was deleted.
+#   no --trace-children: what a plugin call starts is `ohnod` (the one beside the
+#       plugin: under valgrind the plugin's /proc/self/exe still names the real
+#       `ohno`, so it finds it), and those processes run natively: a verdict is
+#       one process's. DEL starts `ohnod on-demand reap --link INDEX --netns-fd FD`
+#       detached to delete the retired pair (down, renamed ohnodel<index>); the
+#       script (a) reports, after each DEL, whether the retired link is gone (a
+#       note, not a failure, if not) and (b) runs the reaper itself, the real
+#       `ohnod on-demand reap --link INDEX --netns-fd 3`, under memcheck on a
+#       tombstoned link it creates, and checks that the link was deleted.
 #   --suppressions=scripts/memcheck.supp: two entries, both inside ring's TLS 1.3
 #       AEAD on the etcd path (the record tag ring computes); the file gives the
 #       evidence that they are not defects. Nothing of Ohno's is suppressed.
 #
-#   helpers: a plugin call starts the node-local helpers (etcd connection,
-#       policy) as `/proc/self/exe` too, so under valgrind it cannot start them.
-#       For the etcd and wasm scenarios the script therefore lets a native ADD
-#       start the helper, takes the helper's start document from its
-#       environment, replaces it with the same helper (`ohno --helper KIND`)
-#       under memcheck, runs ADD and DEL under memcheck through it, then removes
-#       its socket (the helper leaves) and checks its log too.
+#   the agent: the scenarios' configs set persistMs 0, so the verbs above run
+#       in-process (no on-demand server takes the store or the policy away from
+#       the process under memcheck). For the etcd and wasm scenarios the script
+#       then starts `ohnod run --config FILE` (the scenario's network config, no
+#       metrics listener) under memcheck in the host netns, runs ADD and DEL
+#       under memcheck through it (the plugin log must say the store or the
+#       policy went through the agent, and DEL's retired link must go to the
+#       agent's reaper), stops it with SIGTERM (it drains and exits, removing
+#       its socket) and checks its log too.
 #
-# Environment: OHNO_BIN (default target/debug/ohno, built here), MEMCHECK_SCENARIOS
+# Environment: OHNO_BIN (default target/debug/ohno, built here; `ohnod` is the one
+# beside it), MEMCHECK_SCENARIOS
 # (default "local etcd wasm"), MEMCHECK_VALGRIND_ARGS (more valgrind options, e.g.
 # --track-origins=yes), MEMCHECK_POLICY (default
 # target/wasm32-wasip2/release/pod_ifname.wasm), MEMCHECK_KEEP=1 keeps the work dir.
@@ -67,6 +71,9 @@ if [[ -z ${OHNO_BIN:-} ]]; then
     OHNO_BIN=$ROOT/target/debug/ohno
 fi
 [[ -x $OHNO_BIN ]] || { echo "memcheck: $OHNO_BIN is not executable" >&2; exit 1; }
+# The agent and the reaper: the `ohnod` the plugin itself would start.
+OHNOD_BIN=$(dirname "$OHNO_BIN")/ohnod
+[[ -x $OHNOD_BIN ]] || { echo "memcheck: $OHNOD_BIN (beside ohno) is not executable" >&2; exit 1; }
 
 tag="ohno-mc-$$"
 HOST="$tag-h"
@@ -162,14 +169,15 @@ conf() {
             # Generous timeouts: TLS handshakes under valgrind are ~50x slower.
             store="{ \"type\": \"etcd\", \"endpoints\": [\"$eps\"], \"prefix\": \"/ohno\",
                      \"caFile\": \"$OHNO_CERT_DIR/ca.pem\", \"certFile\": \"$OHNO_CERT_DIR/client.pem\",
-                     \"keyFile\": \"$OHNO_CERT_DIR/client-key.pem\", \"timeoutMs\": 30000, \"retries\": 3 }"
+                     \"keyFile\": \"$OHNO_CERT_DIR/client-key.pem\", \"timeoutMs\": 30000, \"retries\": 3,
+                     \"persistMs\": 0 }"
             ;;
         *) store="{ \"type\": \"local\", \"dataDir\": \"$WORK/store-$scen\" }" ;;
     esac
     if [[ $scen == wasm ]]; then
         # Wall-clock deadline raised: under valgrind the guest runs ~50x slower.
         policy=", \"policy\": { \"path\": \"$POLICY\", \"config\": {\"prefix\": \"p-\"},
-                   \"timeoutMs\": 60000, \"cacheDir\": \"$WORK/policy-cache\" }"
+                   \"timeoutMs\": 60000, \"cacheDir\": \"$WORK/policy-cache\", \"persistMs\": 0 }"
     fi
     cat <<JSON
 { "cniVersion": "1.1.0", "name": "podnet", "type": "ohno", "bridge": "ohno0", "mtu": 1500,
@@ -186,59 +194,66 @@ JSON
 }
 
 # The pod end of a deleted attachment, renamed ohnodel<index>, is gone (the
-# reaper's job, or DEL's fallback) within 2 s.
+# reaper's job, or DEL's fallback) within TENTHS tenths of a second (default 2 s).
 tombstones_gone() {
-    local pod=$1 i
-    for ((i = 0; i < 20; i++)); do
+    local pod=$1 tenths=${2:-20} i
+    for ((i = 0; i < tenths; i++)); do
         if ! ip -n "$pod" -br link show | grep -q '^ohnodel'; then return 0; fi
         sleep 0.1
     done
     return 1
 }
 
-# helper_under_vg SCENARIO KIND ENVVAR: the node-local helper of KIND (etcd or
-# policy) under memcheck, and an ADD and a DEL under memcheck through it.
-helper_under_vg() {
-    local scen=$1 kind=$2 var=$3 pod="$tag-$1-h" i sock="" pid="" doc hpid rc=0 t0=$SECONDS
+# agent_under_vg SCENARIO SERVICE [extra valgrind args...]: the node agent
+# (`ohnod run`) for the scenario's network under memcheck, and an ADD and a DEL
+# under memcheck through it. SERVICE (store or policy) is what the plugin log must
+# show going through the agent; DEL's retired link must go to the agent's reaper.
+agent_under_vg() {
+    local scen=$1 service=$2 pod="$tag-$1-a" i apid rc=0 t0=$SECONDS mark verdict
+    shift 2
+    local sock="$WORK/lock/ohnod.sock" config="$WORK/ohnod-$scen.json" log="$WORK/ohno-$scen.log"
     netns_add "$pod"
-    echo "==> memcheck: $scen $kind helper" >&2
-    # A native ADD (and its DEL) starts the helper natively.
-    for verb in ADD DEL; do
-        ip netns exec "$HOST" env CNI_COMMAND=$verb CNI_CONTAINERID="ctr-$pod-native" \
-            CNI_NETNS="/var/run/netns/$pod" CNI_IFNAME=eth0 CNI_PATH="$(dirname "$OHNO_BIN")" \
-            CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=prod;K8S_POD_NAME=web-h" \
-            "$OHNO_BIN" <"$WORK/$scen-add.json" >"$WORK/$scen-native-$verb.out" || true
-    done
-    for ((i = 0; i < 100; i++)); do
-        sock=$(compgen -G "$WORK/lock/$kind-*.sock" | head -n1 || true)
-        [[ -n $sock ]] && pid=$(cat "${sock%.sock}.lock" 2>/dev/null || true)
-        [[ -n $pid && -r /proc/$pid/environ ]] && break
+    echo "==> memcheck: $scen ohnod run" >&2
+    printf '{ "network": "%s", "metricsAddress": "", "logLevel": "debug", "drainSeconds": 10 }\n' \
+        "$WORK/$scen-add.json" >"$config"
+    "${NICE[@]}" ip netns exec "$HOST" env -i "${VG_BASE[@]}" "$@" --log-file="$WORK/vg-$scen-agent.log" \
+        "$OHNOD_BIN" run --config "$config" 2>"$WORK/ohnod-$scen.log" &
+    apid=$!
+    for ((i = 0; i < 600; i++)); do
+        [[ -S $sock ]] && break
+        kill -0 "$apid" 2>/dev/null || break
         sleep 0.1
     done
-    if [[ -z $pid || ! -r /proc/$pid/environ ]]; then
-        record "$scen" helper "FAILED: no $kind helper after a native ADD"
+    if [[ ! -S $sock ]]; then
+        kill -TERM "$apid" 2>/dev/null || true
+        wait "$apid" || true
+        record "$scen" ohnod-run "FAILED: ohnod run did not serve $sock ($(tail -c 300 "$WORK/ohnod-$scen.log"))"
         return 0
     fi
-    doc=$(tr '\0' '\n' <"/proc/$pid/environ" | sed -n "s/^$var=//p")
-    # Ours (its lock file names it); replaced by the same helper under memcheck.
-    kill "$pid"
-    for ((i = 0; i < 50; i++)); do [[ -e /proc/$pid ]] || break; sleep 0.1; done
-    rm -f "$sock" # killed, it left its socket behind
-    ip netns exec "$HOST" env -i "$var=$doc" "${VG_BASE[@]}" --log-file="$WORK/vg-$scen-helper.log" \
-        "$OHNO_BIN" --helper "$kind" &
-    hpid=$!
-    for ((i = 0; i < 600; i++)); do [[ -S $sock ]] && break; sleep 0.1; done
+    mark=$(wc -l <"$log")
     # Another pod name: the wasm scenario's policy names the host veth after it.
-    POD_NAME=web-h LABEL=ADD-via-helper run_vg "$scen" ADD "$WORK/$scen-add.json" "$pod"
-    grep -q "through the helper at" "$WORK/ohno-$scen.log" ||
-        record "$scen" helper "FAILED: the ADD did not go through the $kind helper"
-    POD_NAME=web-h LABEL=DEL-via-helper run_vg "$scen" DEL "$WORK/$scen-add.json" "$pod"
-    # Its socket removed, the helper leaves within a tick.
-    rm -f "$sock"
-    wait "$hpid" || rc=$?
-    verdict=$(vg_verdict "$WORK/vg-$scen-helper.log" "$rc")
-    ((rc == 0 || rc == 99)) || verdict="FAILED: helper exit $rc; valgrind: $verdict"
-    record "$scen" "$kind-helper" "$verdict" "$((SECONDS - t0)) s"
+    POD_NAME=web-a LABEL=ADD-via-agent run_vg "$scen" ADD "$WORK/$scen-add.json" "$pod" "$@"
+    # (grep reads a process substitution: under pipefail, `tail | grep -q` fails
+    # when grep stops early and tail gets SIGPIPE.)
+    grep -q "$service: through the agent at" <(tail -n +"$((mark + 1))" "$log") ||
+        record "$scen" agent "FAILED: the ADD's $service did not go through the agent"
+    mark=$(wc -l <"$log")
+    POD_NAME=web-a LABEL=DEL-via-agent run_vg "$scen" DEL "$WORK/$scen-add.json" "$pod" "$@"
+    if grep -q "reaper: no agent at" <(tail -n +"$((mark + 1))" "$log"); then
+        record "$scen" agent "FAILED: the DEL did not hand its retired link to the agent"
+    elif ! tombstones_gone "$pod" 300; then
+        record "$scen" agent "FAILED: the agent's reaper left the retired link"
+    fi
+    # SIGTERM: the agent stops accepting, removes its socket, drains and exits.
+    kill -TERM "$apid"
+    wait "$apid" || rc=$?
+    verdict=$(vg_verdict "$WORK/vg-$scen-agent.log" "$rc")
+    if ((rc != 0 && rc != 99)); then
+        verdict="FAILED: ohnod run exit $rc; valgrind: $verdict"
+    elif [[ -e $sock ]]; then
+        verdict="FAILED: ohnod run left its socket; valgrind: $verdict"
+    fi
+    record "$scen" ohnod-run "$verdict" "$((SECONDS - t0)) s"
 }
 
 netns_add "$HOST"
@@ -289,16 +304,16 @@ for scen in "${SCENARIOS[@]}"; do
         [[ $(jq -r '.interfaces[1].name // empty' "$WORK/$scen-ADD-cached.out" 2>/dev/null) == p-prod-web-0 ]] ||
             record "$scen" policy "FAILED: cached ADD did not apply the policy"
     fi
-    case $scen in
-        etcd) helper_under_vg "$scen" etcd OHNO_STORE_HELPER ;;
-        wasm) helper_under_vg "$scen" policy OHNO_POLICY_HELPER ;;
-    esac
     if tombstones_gone "$pod"; then
         record "$scen" reaper "ok (retired pod link gone after DEL)"
     else
-        # Not a memory error: noted, see the header about /proc/self/exe.
-        results+=("$(printf '%-6s %-6s %s' "$scen" reaper "note: retired link still there 2 s after DEL (expected: under valgrind the reaper cannot exec)")")
+        # Not a memory error: noted (the reaper is a native `ohnod`; see the header).
+        results+=("$(printf '%-6s %-6s %s' "$scen" reaper "note: retired link still there 2 s after DEL (the detached ohnod on-demand reap did not delete it)")")
     fi
+    case $scen in
+        etcd) agent_under_vg "$scen" store ;;
+        wasm) agent_under_vg "$scen" policy "${extra[@]}" ;;
+    esac
 
     if [[ $scen == etcd ]]; then
         ip netns exec "$HOST" myclusters/local-cluster.sh stop --dir "$cluster_dir" >/dev/null 2>&1 || true
@@ -307,24 +322,25 @@ for scen in "${SCENARIOS[@]}"; do
 done
 
 # DEL's reaper, run directly: a tombstoned dummy link in a fresh pod netns, the
-# netns open on fd 3, and `ohno --reap-link INDEX --netns-fd 3` under memcheck.
+# netns open on fd 3, and `ohnod on-demand reap --link INDEX --netns-fd 3` under
+# memcheck.
 pod="$tag-reap"
 netns_add "$pod"
 # A veth pair (both ends here): the kernel may lack the dummy driver.
 ip -n "$pod" link add ohnodel0000beef type veth peer name ohnodelpeer
 index=$(ip -n "$pod" -j link show ohnodel0000beef | jq -r '.[0].ifindex')
-echo "==> memcheck: --reap-link $index" >&2
+echo "==> memcheck: ohnod on-demand reap --link $index" >&2
 rc=0
 t0=$SECONDS
 "${NICE[@]}" ip netns exec "$HOST" "${VG_BASE[@]}" --log-file="$WORK/vg-reaper.log" \
-    "$OHNO_BIN" --reap-link "$index" --netns-fd 3 3<"/var/run/netns/$pod" || rc=$?
+    "$OHNOD_BIN" on-demand reap --link "$index" --netns-fd 3 3<"/var/run/netns/$pod" || rc=$?
 verdict=$(vg_verdict "$WORK/vg-reaper.log" "$rc")
 if ((rc != 0 && rc != 99)); then
     verdict="FAILED: reaper exit $rc; valgrind: $verdict"
 elif ip -n "$pod" link show ohnodel0000beef >/dev/null 2>&1; then
     verdict="FAILED: link not deleted; valgrind: $verdict"
 fi
-record reap --reap-link "$verdict" "$((SECONDS - t0)) s"
+record reap ohnod-reap "$verdict" "$((SECONDS - t0)) s"
 
 echo "==> memcheck verdicts ($((SECONDS - t_all)) s; valgrind logs in $WORK)" >&2
 printf '    %s\n' "${results[@]}" >&2
