@@ -34,6 +34,8 @@
 mod common;
 #[path = "../tests/etcd_support/mod.rs"]
 mod etcd_support;
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -48,6 +50,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{default_cni_path, ohno_binary, Node, Pod, REFERENCE_PLUGINS, REFERENCE_VERSION};
+use agent::Agent;
 use etcd_support::{pods, EtcdNode};
 use ohno::config::{EtcdConf, PoolConf};
 use ohno::ip::cidr::{from_u128, Cidr};
@@ -1103,64 +1106,6 @@ fn settle(node: &Node) {
 }
 
 // ------------------------------------------------------------------ main
-
-/// `ohnod run` in a node's host namespace, serving `conf`'s network; stopped
-/// (SIGTERM, by its PID) when dropped.
-struct Agent {
-    child: std::process::Child,
-}
-
-impl Agent {
-    fn start(node: &Node, conf: &Value) -> Agent {
-        let dir = node.dir.path();
-        let network = dir.join("agent-network.json");
-        std::fs::write(&network, conf.to_string()).expect("write the agent's network");
-        let config = dir.join("ohnod.json");
-        let doc = json!({ "network": network, "metricsAddress": "", "logLevel": "warn" });
-        std::fs::write(&config, doc.to_string()).expect("write the agent's config");
-        let ohnod = ohno_binary().with_file_name("ohnod");
-        let log = std::fs::File::create(dir.join("ohnod.log")).expect("agent log");
-        let child = node
-            .host
-            .command(&[
-                ohnod.to_str().expect("utf-8 path"),
-                "run",
-                "--config",
-                config.to_str().expect("utf-8 path"),
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start ohnod run");
-        let lock_dir = PathBuf::from(conf["ipam"]["lockDir"].as_str().expect("lockDir"));
-        let socket = lock_dir.join("ohnod.sock");
-        assert!(
-            common::eventually(Duration::from_secs(10), || socket.exists()),
-            "ohnod run did not serve {socket:?}"
-        );
-        Agent { child }
-    }
-
-    /// The agent's resident set (its own process: `ip netns exec` execs it).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: a signal to the child we started, by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument means "not us".
