@@ -123,7 +123,7 @@ fn conf_for(node: &Node, policy: Option<(&Path, &Value, &Path)>) -> Value {
     let mut conf = node.ohno_conf("1.1.0");
     conf["logLevel"] = json!("info");
     conf["ipam"]["pools"] = pools();
-    // The node's own lock directory: claim locks, hints, the policy helper.
+    // The node's own lock directory: claim locks, hints, the on-demand policy server.
     conf["ipam"]["lockDir"] = json!(node.dir.path().join("locks"));
     if let Some((file, config, cache)) = policy {
         conf["policy"] = json!({"path": file, "config": config, "cacheDir": cache});
@@ -146,7 +146,7 @@ struct Contender {
 }
 
 impl Contender {
-    /// `helper`: the default `persistMs` (ADDs go through the policy helper);
+    /// `helper`: the default `persistMs` (ADDs go through `ohnod on-demand policy`);
     /// otherwise `persistMs` 0 (every ADD loads the component itself).
     fn new(label: &str, policy: Option<&Example>, helper: bool) -> Contender {
         let node = Node::new();
@@ -248,14 +248,14 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
     for ex in &exs {
         contenders.push(Contender::new(ex.label, Some(ex), true));
         contenders.push(Contender::new(
-            &format!("{}, no helper (persistMs 0)", ex.label),
+            &format!("{}, in-process (persistMs 0)", ex.label),
             Some(ex),
             false,
         ));
     }
     // Warm-up, not timed: creates the bridge, compiles into the cache, pages
-    // the binary and the store in, and starts the policy helpers (a second
-    // ADD once the helper's socket is there).
+    // the binary and the store in, and starts the on-demand policy servers (a second
+    // ADD once the server's socket is there).
     for c in &contenders {
         let pod = Pod::new();
         c.add(&pod, "warmup", &c.conf);
@@ -274,7 +274,7 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
                 })
             });
             if !up {
-                problems.push(format!("{}: no policy helper after the warm-up", c.label));
+                problems.push(format!("{}: no on-demand policy server after the warm-up", c.label));
             }
             c.add(&Pod::new(), "warmup-2", &c.conf);
         }
@@ -353,7 +353,7 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
          only `policy` differs. Wall time from fork to reap of `ohno` exec'd directly \
          in the contender's host namespace (pre_exec setns). Each policy runs twice: \
          with the default `persistMs` (its ADDs get a fresh store in the node's policy \
-         helper, README \"The policy helper\"; the warm-up starts it) and with \
+         server `ohnod on-demand policy`, README \"The node agent\"; the warm-up starts it) and with \
          `persistMs` 0 (every ADD maps, links and instantiates the component itself)."
     ));
     report.table(&t);
@@ -371,7 +371,7 @@ fn cold_adds(report: &mut Report) {
     ]);
     for ex in examples() {
         // In-process by definition: a cold cache is what a process that finds
-        // no helper loads from (a helper would compile beside it).
+        // no server loads from (a server would compile beside it).
         let c = Contender::new(ex.label, Some(&ex), false);
         // The bridge exists before anything is timed.
         c.add(&Pod::new(), "warmup", &c.conf);

@@ -149,7 +149,7 @@ fn etcd_endpoint_with_a_path_or_no_port_is_an_invalid_config_naming_it() {
     }
 }
 
-/// Node-local paths must be absolute: the plugin and the helpers it starts run
+/// Node-local paths must be absolute: the plugin and `ohnod` run
 /// in different working directories, so a relative path names two places.
 #[test]
 fn relative_node_local_paths_are_invalid_config_naming_the_field() {
@@ -175,8 +175,8 @@ fn relative_node_local_paths_are_invalid_config_naming_the_field() {
     assert!(pod.ns.link("eth0").is_none());
 }
 
-/// A lockDir too long for the helpers' Unix socket paths is refused before
-/// anything starts, instead of every ADD starting a helper that cannot bind.
+/// A lockDir too long for the servers' Unix socket paths is refused before
+/// anything starts, instead of every ADD starting a server that cannot bind.
 #[test]
 fn lock_dir_too_long_for_a_socket_path_is_invalid_config() {
     let node = Node::new();
