@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ohno::config::{peek_version, NetConf};
 use ohno::cni::version::SUPPORTED;
+use ohno::config::{peek_version, NetConf};
 
 fuzz_target!(|data: &[u8]| {
     let _ = peek_version(data);

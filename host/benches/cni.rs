@@ -30,12 +30,12 @@
 //! cluster and remove directories on every exit, including a panic or
 //! SIGINT/SIGTERM/SIGHUP (which turn into a panic at the next checkpoint).
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/etcd_support/mod.rs"]
 mod etcd_support;
-#[path = "support/agent.rs"]
-mod agent;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -49,8 +49,8 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{default_cni_path, ohno_binary, Node, Pod, REFERENCE_PLUGINS, REFERENCE_VERSION};
 use agent::Agent;
+use common::{default_cni_path, ohno_binary, Node, Pod, REFERENCE_PLUGINS, REFERENCE_VERSION};
 use etcd_support::{pods, EtcdNode};
 use ohno::config::{EtcdConf, PoolConf};
 use ohno::ip::cidr::{from_u128, Cidr};

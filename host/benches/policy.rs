@@ -274,7 +274,10 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
                 })
             });
             if !up {
-                problems.push(format!("{}: no on-demand policy server after the warm-up", c.label));
+                problems.push(format!(
+                    "{}: no on-demand policy server after the warm-up",
+                    c.label
+                ));
             }
             c.add(&Pod::new(), "warmup-2", &c.conf);
         }

@@ -68,4 +68,3 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
-

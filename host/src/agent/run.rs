@@ -247,6 +247,8 @@ pub fn run(conf: AgentConf) -> i32 {
 /// `ohnod on-demand store|policy`: the start document on stdin; returns the
 /// exit code.
 pub fn on_demand(kind: &str) -> i32 {
+    #[cfg(not(all(feature = "etcd", feature = "wasm")))]
+    let _ = kind;
     let mut doc = Vec::new();
     if std::io::stdin()
         .take(1 << 20)
@@ -260,7 +262,7 @@ pub fn on_demand(kind: &str) -> i32 {
     let Ok(start) = serde_json::from_slice::<OnDemandStart>(&doc) else {
         return 2;
     };
-    let key = match &start.service {
+    let key: Option<String> = match &start.service {
         #[cfg(feature = "etcd")]
         Service::Store { conf, .. } if kind == "store" => super::protocol::store_key(conf),
         #[cfg(feature = "wasm")]

@@ -17,7 +17,9 @@
 
 use std::sync::Arc;
 
-use crate::agent::client::{self, Conn};
+use crate::agent::client;
+#[cfg(any(feature = "etcd", feature = "wasm"))]
+use crate::agent::client::Conn;
 use crate::config::NetConf;
 use crate::error::Result;
 use crate::ipam::Allocator;
@@ -90,6 +92,7 @@ pub fn reap(conf: &NetConf, ns: &NetNs, index: u32) -> bool {
     }
 }
 
+#[cfg(any(feature = "etcd", feature = "wasm"))]
 /// A connection for `service` to the agent, or to the on-demand server on
 /// `on_demand` (started for the next calls when none answers).
 fn connect(
