@@ -74,23 +74,6 @@ fn read_capped(field: &str, path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-pub fn parse_level(field: &str, s: &str) -> Result<log::LevelFilter> {
-    Ok(match s {
-        "error" => log::LevelFilter::Error,
-        "warn" | "warning" => log::LevelFilter::Warn,
-        "info" => log::LevelFilter::Info,
-        "debug" => log::LevelFilter::Debug,
-        "trace" => log::LevelFilter::Trace,
-        "off" | "none" => log::LevelFilter::Off,
-        other => {
-            return Err(Error::config(
-                field,
-                format!("{other:?} is not one of error, warn, info, debug, trace, off"),
-            ))
-        }
-    })
-}
-
 impl AgentConf {
     pub fn load(path: &Path) -> Result<AgentConf> {
         let raw: RawAgentConf =
@@ -125,7 +108,7 @@ impl AgentConf {
             None => DEFAULT_METRICS_ADDRESS.parse().ok(),
         };
         let log_level = match raw.log_level.as_deref() {
-            Some(l) => parse_level("logLevel", l)?,
+            Some(l) => super::parse_level("logLevel", l)?,
             None => log::LevelFilter::Info,
         };
         Ok(AgentConf {

@@ -316,20 +316,7 @@ impl NetConf {
             .log_file
             .clone()
             .or_else(|| ipam_field(|i| i.log_file.clone()));
-        let log_level = match log_level_s.as_deref().unwrap_or("info") {
-            "error" => log::LevelFilter::Error,
-            "warn" | "warning" => log::LevelFilter::Warn,
-            "info" => log::LevelFilter::Info,
-            "debug" => log::LevelFilter::Debug,
-            "trace" => log::LevelFilter::Trace,
-            "off" | "none" => log::LevelFilter::Off,
-            other => {
-                return Err(Error::config(
-                    "logLevel",
-                    format!("{other:?} is not one of error, warn, info, debug, trace, off"),
-                ))
-            }
-        };
+        let log_level = parse_level("logLevel", log_level_s.as_deref().unwrap_or("info"))?;
         let node = match raw
             .node
             .clone()
@@ -414,6 +401,24 @@ impl NetConf {
     pub fn version(&self) -> version::Version {
         version::Version::parse(&self.cni_version).unwrap_or(version::Version(1, 1, 0))
     }
+}
+
+/// A `logLevel` value (the plugin's and the agent's), or code 7 naming `field`.
+pub fn parse_level(field: &str, s: &str) -> Result<log::LevelFilter> {
+    Ok(match s {
+        "error" => log::LevelFilter::Error,
+        "warn" | "warning" => log::LevelFilter::Warn,
+        "info" => log::LevelFilter::Info,
+        "debug" => log::LevelFilter::Debug,
+        "trace" => log::LevelFilter::Trace,
+        "off" | "none" => log::LevelFilter::Off,
+        other => {
+            return Err(Error::config(
+                field,
+                format!("{other:?} is not one of error, warn, info, debug, trace, off"),
+            ))
+        }
+    })
 }
 
 /// `$OHNO_NODE_NAME`, then the hostname.
