@@ -16,6 +16,7 @@ use crate::cni::version;
 use crate::error::{Error, Result};
 use crate::ip::cidr::Cidr;
 use crate::ip::ifname::validate_ifname;
+use crate::ip::mac::parse_mac;
 
 /// Default bridge name.
 pub const DEFAULT_BRIDGE: &str = "ohno0";
@@ -834,31 +835,6 @@ fn parse_requests(raw: &RawNetConf, env_ips: &[IpAddr]) -> Result<Requests> {
     })
 }
 
-/// Parse `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in out.iter_mut() {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(out)
-}
-
-/// Format a MAC as lower-case `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1030,13 +1006,5 @@ mod tests {
         v.as_object_mut().unwrap().remove("cniVersion");
         v["cniVersions"] = json!(["0.4.0", "1.0.0"]);
         assert_eq!(conf(v).unwrap().cni_version, "1.0.0");
-    }
-
-    #[test]
-    fn mac_round_trip() {
-        let m = parse_mac("AA:bb:0c:00:01:ff").unwrap();
-        assert_eq!(format_mac(&m), "aa:bb:0c:00:01:ff");
-        assert!(parse_mac("aa:bb:cc:dd:ee").is_none());
-        assert!(parse_mac("aa:bb:cc:dd:ee:ff:00").is_none());
     }
 }

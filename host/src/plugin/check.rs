@@ -63,7 +63,7 @@ pub fn run(inv: &Invocation) -> Result<()> {
         ))
     })?;
     if let Some(mac) = &prev.interfaces[ours].mac {
-        let have = link.mac.as_ref().map(crate::config::format_mac);
+        let have = link.mac.as_ref().map(crate::ip::mac::format_mac);
         if have.as_deref() != Some(mac.as_str()) {
             return Err(fail(format!(
                 "{} has MAC {have:?}, prevResult says {mac}",
