@@ -57,7 +57,7 @@ pub struct Link {
 }
 
 impl Link {
-    fn from_message(msg: &LinkMessage) -> Link {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Link {
         let mut link = Link {
             index: msg.header.index,
             name: String::new(),
@@ -146,7 +146,7 @@ impl Netlink {
             .map(|m| Link::from_message(&m)))
     }
 
-    fn link_message_by_name(&mut self, name: &str) -> Result<Option<LinkMessage>> {
+    pub(crate) fn link_message_by_name(&mut self, name: &str) -> Result<Option<LinkMessage>> {
         let context = format!("get link {name}{}", self.in_ns());
         check_ifname(name).map_err(|e| Error::netlink(context.clone(), e))?;
         let mut msg = LinkMessage::default();
