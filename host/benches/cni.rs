@@ -1620,6 +1620,35 @@ fn main() {
         per_node,
     );
     settle(&etcd_node.node);
+    checkpoint();
+    // The same burst with one `ohnod run` per simulated node, each serving
+    // its node's directory (as a DaemonSet pod would on separate machines).
+    let mut agent_plugins = node_plugins(
+        &etcd_host,
+        &ohno_bin,
+        &etcd_node.node,
+        &etcd_store(&etcd_node, "/bench-tput-agent", 5000),
+        "etcd via ohnod run",
+    );
+    for p in &mut agent_plugins {
+        let dir = p.conf["ipam"]["lockDir"]
+            .as_str()
+            .unwrap_or("locks")
+            .to_owned();
+        p.conf["ipam"]["lockDir"] = json!(format!("{dir}-agent"));
+    }
+    let agents: Vec<Agent> = agent_plugins
+        .iter()
+        .map(|p| Agent::start(&etcd_node.node, &p.conf))
+        .collect();
+    let agent_tput = throughput(
+        "etcd, 3 members, mTLS, timeoutMs 5000, through one `ohnod run` per node",
+        &agent_plugins,
+        tput_pods,
+        per_node,
+    );
+    settle(&etcd_node.node);
+    drop(agents);
 
     report.add(&format!(
         "## 3. Throughput: {} nodes × {per_node} concurrent ADDs ({} processes at once)\n\n",
@@ -1638,7 +1667,7 @@ fn main() {
         "DEL wall s",
         "DEL failed",
     ]);
-    for r in [&local_tput, &etcd_tput] {
+    for r in [&local_tput, &etcd_tput, &agent_tput] {
         let total = r.nodes * r.per_node;
         samples.insert(
             format!("3. {}", r.label),
@@ -1681,12 +1710,18 @@ fn main() {
          per-ADD latency = spawn to exit. The nodes (`node-a`..`node-d`, one bridge each) \
          were warmed with one ADD/DEL each, so bridges and first blocks exist. Checks: zero \
          failed ADDs: {}; zero duplicate addresses: {}. The DELs ran concurrently as well.",
-        if local_tput.failed.is_empty() && etcd_tput.failed.is_empty() {
+        if [&local_tput, &etcd_tput, &agent_tput]
+            .iter()
+            .all(|r| r.failed.is_empty())
+        {
             "yes"
         } else {
             "**NO**"
         },
-        if local_tput.duplicates.is_empty() && etcd_tput.duplicates.is_empty() {
+        if [&local_tput, &etcd_tput, &agent_tput]
+            .iter()
+            .all(|r| r.duplicates.is_empty())
+        {
             "yes"
         } else {
             "**NO**"
@@ -1712,6 +1747,7 @@ fn main() {
     }
     drop(local_plugins);
     drop(etcd_plugins);
+    drop(agent_plugins);
     if !problems.is_empty() {
         panic!("benchmark checks failed:\n{}", problems.join("\n"));
     }

@@ -28,6 +28,8 @@
 //! runs. Guards delete namespaces and directories on every exit, including a
 //! panic or SIGINT/SIGTERM/SIGHUP (turned into a panic at the next checkpoint).
 
+#[path = "support/agent.rs"]
+mod agent;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "support/mod.rs"]
@@ -39,6 +41,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent::Agent;
 use common::{default_cni_path, ohno_binary, Node, Pod};
 use ohno::config::NetConf;
 use ohno::ipam::{Allocator, Owner, Want};
@@ -59,6 +62,8 @@ const REPS: usize = 100;
 const COLD: usize = 3;
 /// Targets for a policy ADD against the built-in default.
 const TARGET_RATIO: f64 = 1.1;
+/// The target through a running `ohnod run` (the component stays loaded there).
+const TARGET_RATIO_AGENT: f64 = 1.05;
 const TARGET_EXTRA_MS: f64 = 2.0;
 
 // ------------------------------------------------------------------ signals
@@ -137,9 +142,12 @@ fn args_for(pod_name: &str) -> String {
 
 // ------------------------------------------------------------------ exec
 
-/// One contender: a node (host netns, store, cache) and its config.
+/// One contender: a node (host netns, store, cache) and its config, and the
+/// node's `ohnod run` when it has one.
 struct Contender {
     label: String,
+    // Dropped (stopped) before the node it runs in.
+    agent: Option<Agent>,
     node: Node,
     host: Host,
     conf: Value,
@@ -164,10 +172,18 @@ impl Contender {
         }
         Contender {
             label: label.to_owned(),
+            agent: None,
             node,
             host,
             conf,
         }
+    }
+
+    /// `policy` decided by an `ohnod run` serving this node's network.
+    fn through_agent(label: &str, policy: &Example) -> Contender {
+        let mut c = Contender::new(label, Some(policy), true);
+        c.agent = Some(Agent::start(&c.node, &c.conf));
+        c
     }
 
     /// ADD `pod` (K8S_POD_NAME `pod_name`) with `conf`, exec'd directly in the
@@ -247,6 +263,10 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
     let mut contenders = vec![Contender::new("built-in default", None, false)];
     for ex in &exs {
         contenders.push(Contender::new(ex.label, Some(ex), true));
+        contenders.push(Contender::through_agent(
+            &format!("{}, through `ohnod run`", ex.label),
+            ex,
+        ));
         contenders.push(Contender::new(
             &format!("{}, in-process (persistMs 0)", ex.label),
             Some(ex),
@@ -262,6 +282,11 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
         let Some(policy) = c.conf.get("policy") else {
             continue;
         };
+        if c.agent.is_some() {
+            // The agent loaded the component when it started: the plugin
+            // neither compiles nor starts an on-demand server.
+            continue;
+        }
         if !c.node.log().contains(".wasm: compiled in") {
             problems.push(format!("{}: the warm-up ADD did not compile", c.label));
         }
@@ -295,7 +320,22 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
     }
     for c in contenders.iter().skip(1) {
         // logLevel info: a compile is logged ("loaded from cache" is debug).
-        let compiled = c.node.log().matches(".wasm: compiled in").count();
+        let log = c.node.log();
+        let compiled = log.matches(".wasm: compiled in").count();
+        if c.agent.is_some() {
+            let on_demand = std::fs::read_dir(c.node.dir.path().join("locks")).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("policy-"))
+            });
+            if compiled != 0 || log.contains("the agent failed") || on_demand {
+                problems.push(format!(
+                    "{}: not every ADD was decided by the agent ({compiled} compiles here, \
+                     on-demand server: {on_demand})",
+                    c.label
+                ));
+            }
+            continue;
+        }
         if compiled != 1 {
             problems.push(format!(
                 "{}: {compiled} compiles in {} ADDs (expected only the warm-up's)",
@@ -314,7 +354,7 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
         "min ms",
         "× default",
         "+ms vs default",
-        "target ≤1.1× / ≤+2 ms",
+        "target ≤1.1× (via ohnod run ≤1.05×) / ≤+2 ms",
     ]);
     for (k, c) in contenders.iter().enumerate() {
         let s = &samples[k];
@@ -334,7 +374,12 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
         }
         let ratio = med / base;
         let extra = med - base;
-        let ok_ratio = ratio <= TARGET_RATIO;
+        let target = if c.agent.is_some() {
+            TARGET_RATIO_AGENT
+        } else {
+            TARGET_RATIO
+        };
+        let ok_ratio = ratio <= target;
         let ok_extra = extra <= TARGET_EXTRA_MS;
         t.row(vec![
             c.label.clone(),
@@ -357,7 +402,10 @@ fn warm_adds(report: &mut Report, n: usize, problems: &mut Vec<String>) {
          in the contender's host namespace (pre_exec setns). Each policy runs twice: \
          with the default `persistMs` (its ADDs get a fresh store in the node's policy \
          server `ohnod on-demand policy`, README \"The node agent\"; the warm-up starts it) and with \
-         `persistMs` 0 (every ADD maps, links and instantiates the component itself)."
+         `persistMs` 0 (every ADD maps, links and instantiates the component itself). \
+         A third run has an `ohnod run` serving the node's network (started before the \
+         warm-up; it loads the component when it starts, so none of that run's ADDs \
+         compiles or starts an on-demand server, which the bench checks)."
     ));
     report.table(&t);
 }

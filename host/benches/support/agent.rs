@@ -20,13 +20,21 @@ pub struct Agent {
 impl Agent {
     pub fn start(node: &Node, conf: &Value) -> Agent {
         let dir = node.dir.path();
-        let network = dir.join("agent-network.json");
+        let lock_dir = PathBuf::from(conf["ipam"]["lockDir"].as_str().expect("lockDir"));
+        // One agent per node-local directory: its files are named after it,
+        // so several simulated nodes in one namespace each get their own.
+        let tag = lock_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("locks")
+            .to_owned();
+        let network = dir.join(format!("ohnod-{tag}-network.json"));
         std::fs::write(&network, conf.to_string()).expect("write the agent's network");
-        let config = dir.join("ohnod.json");
+        let config = dir.join(format!("ohnod-{tag}.json"));
         let doc = json!({ "network": network, "metricsAddress": "", "logLevel": "warn" });
         std::fs::write(&config, doc.to_string()).expect("write the agent's config");
         let ohnod = ohno_binary().with_file_name("ohnod");
-        let log = std::fs::File::create(dir.join("ohnod.log")).expect("agent log");
+        let log = std::fs::File::create(dir.join(format!("ohnod-{tag}.log"))).expect("agent log");
         let child = node
             .host
             .command(&[
@@ -40,7 +48,6 @@ impl Agent {
             .stderr(log)
             .spawn()
             .expect("start ohnod run");
-        let lock_dir = PathBuf::from(conf["ipam"]["lockDir"].as_str().expect("lockDir"));
         let socket = lock_dir.join("ohnod.sock");
         assert!(
             common::eventually(Duration::from_secs(10), || socket.exists()),
