@@ -32,6 +32,8 @@ pub struct EtcdStore {
     client: Mutex<Option<(usize, KvClient)>>,
     /// Where failover starts.
     start: usize,
+    /// Watches opened so far: each starts at the next endpoint.
+    watches: std::sync::atomic::AtomicUsize,
 }
 
 /// The error etcd-client wraps: `etcd_client::Error` has no `source()`, so the
@@ -233,6 +235,7 @@ impl EtcdStore {
             options,
             client: Mutex::new(None),
             start,
+            watches: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -344,7 +347,24 @@ impl EtcdStore {
             return Ok((*i, c.clone()));
         }
         let idx = (self.start + offset) % self.conf.endpoints.len();
-        let endpoint = self.conf.endpoints[idx].clone();
+        let (_, client) = self.connect_to(idx, deadline)?;
+        let kv = client.kv_client();
+        *slot = Some((idx, kv.clone()));
+        Ok((idx, kv))
+    }
+
+    /// A new client to endpoint `idx`, made by `deadline`.
+    fn connect_to(
+        &self,
+        idx: usize,
+        deadline: Instant,
+    ) -> std::result::Result<(String, Client), String> {
+        let endpoint = self
+            .conf
+            .endpoints
+            .get(idx)
+            .cloned()
+            .ok_or_else(|| "no etcd endpoint".to_string())?;
         let opts = self.options.clone();
         let client = self
             .rt
@@ -359,9 +379,7 @@ impl EtcdStore {
                 )
             })?
             .map_err(|e| format!("{endpoint}: connect: {}", chain(&e)))?;
-        let kv = client.kv_client();
-        *slot = Some((idx, kv.clone()));
-        Ok((idx, kv))
+        Ok((endpoint, client))
     }
 }
 
@@ -507,6 +525,110 @@ impl Kv for EtcdStore {
 /// namespace's 127.0.0.1, its own data directory; stopped by PID, the namespace
 /// and directory removed on drop. Test code that talks to it runs through
 /// [`TestEtcd::run`], on a thread inside that namespace.
+impl super::watch::Watch for EtcdStore {
+    /// One read-only transaction of ranges: one revision for all of them.
+    fn list(&self, prefixes: &[String]) -> Result<super::watch::Listing> {
+        let reads: Vec<Read> = prefixes
+            .iter()
+            .map(|p| Read::Range {
+                prefix: p.clone(),
+                keys_only: false,
+            })
+            .collect();
+        let ops = get_ops(&reads, Freshness::Latest);
+        let resp = self.call("list", |mut c| {
+            let t = ETxn::new().and_then(ops.clone());
+            async move { c.txn(t).await }
+        })?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let keys = answers(resp.op_responses(), reads.len())?;
+        Ok(super::watch::Listing { keys, revision })
+    }
+
+    fn watch(
+        &self,
+        prefixes: &[String],
+        from: &super::watch::Listing,
+        tick: Duration,
+        on: &mut dyn FnMut(Vec<super::watch::Change>),
+        stop: &dyn Fn() -> bool,
+    ) -> super::watch::WatchEnd {
+        use super::watch::{Change, WatchEnd};
+        use etcd_client::{EventType, WatchOptions};
+        let attempt = self
+            .watches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A client of its own: the request path keeps only a `KvClient`,
+        // and a watch stream lives as long as the agent follows.
+        let idx = (self.start + attempt) % self.conf.endpoints.len().max(1);
+        let deadline = Instant::now() + Duration::from_millis(self.conf.timeout_ms);
+        let (endpoint, client) = match self.connect_to(idx, deadline) {
+            Ok(c) => c,
+            Err(e) => return WatchEnd::Failed(e),
+        };
+        let options = || {
+            WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(from.revision + 1)
+        };
+        self.rt.block_on(async {
+            let mut wc = client.watch_client();
+            let Some(first) = prefixes.first() else {
+                return WatchEnd::Failed("nothing to watch".into());
+            };
+            let mut stream = match wc.watch(first.as_str(), Some(options())).await {
+                Ok(s) => s,
+                Err(e) => return WatchEnd::Failed(format!("{endpoint}: watch: {}", chain(&e))),
+            };
+            for p in &prefixes[1..] {
+                if let Err(e) = stream.watch(p.as_str(), Some(options())).await {
+                    return WatchEnd::Failed(format!("{endpoint}: watch: {}", chain(&e)));
+                }
+            }
+            loop {
+                if stop() {
+                    return WatchEnd::Stopped;
+                }
+                let msg = match tokio::time::timeout(tick, stream.message()).await {
+                    Err(_) => continue,
+                    Ok(Err(e)) => {
+                        return WatchEnd::Failed(format!("{endpoint}: watch: {}", chain(&e)))
+                    }
+                    Ok(Ok(None)) => {
+                        return WatchEnd::Failed(format!("{endpoint}: watch stream closed"))
+                    }
+                    Ok(Ok(Some(m))) => m,
+                };
+                if msg.compact_revision() > 0 {
+                    return WatchEnd::Compacted(msg.compact_revision());
+                }
+                if msg.canceled() {
+                    return WatchEnd::Failed(format!(
+                        "{endpoint}: watch canceled: {}",
+                        msg.cancel_reason()
+                    ));
+                }
+                let changes: Vec<Change> = msg
+                    .events()
+                    .iter()
+                    .filter_map(|ev| {
+                        let kv = ev.kv()?;
+                        Some(match ev.event_type() {
+                            EventType::Put => Change::Put(convert(kv)),
+                            EventType::Delete => {
+                                Change::Delete(String::from_utf8_lossy(kv.key()).into_owned())
+                            }
+                        })
+                    })
+                    .collect();
+                if !changes.is_empty() {
+                    on(changes);
+                }
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use std::path::{Path, PathBuf};
@@ -641,6 +763,68 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::TestEtcd;
     use super::*;
+
+    #[test]
+    fn watch_follows_from_the_listing_and_ends_on_compaction() {
+        use crate::store::watch::{Change, Watch, WatchEnd};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let etcd = TestEtcd::start();
+        etcd.run(|s| {
+            let prefixes = vec!["/ohno/blocks/".to_string(), "/ohno/nodes/".to_string()];
+            s.txn(
+                Txn::new()
+                    .put("/ohno/blocks/p/a", "1")
+                    .put("/ohno/ips/x", "no"),
+            )
+            .unwrap();
+            let listing = s.list(&prefixes).unwrap();
+            assert_eq!(listing.keys[0].len(), 1);
+            assert!(listing.keys[1].is_empty());
+            assert!(listing.revision > 0);
+            // Written after the listing, before the watch starts: not missed.
+            s.txn(
+                Txn::new()
+                    .put("/ohno/nodes/n1", "r")
+                    .put("/ohno/ips/y", "no"),
+            )
+            .unwrap();
+            s.txn(Txn::new().delete("/ohno/blocks/p/a")).unwrap();
+            static SEEN: AtomicUsize = AtomicUsize::new(0);
+            let mut got = Vec::new();
+            let end = s.watch(
+                &prefixes,
+                &listing,
+                Duration::from_millis(50),
+                &mut |c| {
+                    SEEN.fetch_add(c.len(), Ordering::SeqCst);
+                    got.extend(c)
+                },
+                &|| SEEN.load(Ordering::SeqCst) >= 2,
+            );
+            assert_eq!(end, WatchEnd::Stopped);
+            // In order per prefix; the two prefixes' streams interleave freely.
+            assert!(
+                got.iter()
+                    .any(|c| matches!(c, Change::Put(kv) if kv.key == "/ohno/nodes/n1")),
+                "{got:?}"
+            );
+            assert!(got.contains(&Change::Delete("/ohno/blocks/p/a".into())), "{got:?}");
+            assert_eq!(got.len(), 2, "only the watched prefixes: {got:?}");
+
+            // Compacted past the listing: the watch says so, to list again.
+            let now = s.list(&prefixes).unwrap().revision;
+            s.call("compact", |mut c| async move { c.compact(now, None).await })
+                .unwrap();
+            let end = s.watch(
+                &prefixes,
+                &listing,
+                Duration::from_millis(50),
+                &mut |_| {},
+                &|| false,
+            );
+            assert!(matches!(end, WatchEnd::Compacted(r) if r >= now), "{end:?}");
+        });
+    }
 
     #[test]
     fn store_and_allocator_suites_on_etcd() {

@@ -8,6 +8,7 @@
 pub mod etcd;
 pub mod local;
 pub mod memory;
+pub mod watch;
 
 use crate::config::StoreConf;
 use crate::error::Result;
