@@ -14,6 +14,7 @@ mod claims;
 mod hints;
 pub mod keys;
 pub mod model;
+pub mod nodes;
 #[cfg(test)]
 pub(crate) mod suite;
 
