@@ -49,6 +49,25 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The index of the link that holds `ip`, if any.
+    pub fn address_owner(&mut self, ip: IpAddr) -> Result<Option<u32>> {
+        let replies = self
+            .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))
+            .map_err(|e| Error::netlink(format!("list addresses{}", self.in_ns()), e))?;
+        for msg in replies {
+            let RouteNetlinkMessage::NewAddress(msg) = msg else {
+                continue;
+            };
+            let held = msg.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Address(x) | AddressAttribute::Local(x) if *x == ip)
+            });
+            if held {
+                return Ok(Some(msg.header.index));
+            }
+        }
+        Ok(None)
+    }
+
     /// Add `addr/prefix` to link `index`; "already exists" is success. IPv4
     /// gets the subnet's broadcast address (as `ip addr add … brd +`); IPv6
     /// gets `IFA_F_NODAD`.

@@ -557,7 +557,7 @@ impl Netlink {
 }
 
 /// Decode an rtnetlink payload.
-fn decode(raw: &nl::RawMessage) -> io::Result<RouteNetlinkMessage> {
+pub(crate) fn decode(raw: &nl::RawMessage) -> io::Result<RouteNetlinkMessage> {
     let mut header = NetlinkHeader::default();
     header.message_type = raw.ty;
     header.flags = raw.flags;

@@ -4,6 +4,7 @@
 //! shelling out. See `net/README.md` for why a socket belongs to a namespace.
 
 pub mod addr;
+pub mod events;
 pub mod link;
 pub mod neigh;
 pub mod netns;

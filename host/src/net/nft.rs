@@ -5,11 +5,14 @@
 //! subnets); in it one base chain per CNI network (`type nat hook postrouting
 //! priority srcnat`), named exactly as the network (see [`chain_name`]), so two
 //! networks never share a chain. Each chain holds one rule per subnet of the
-//! network's pools (all of them, whichever pool an ADD allocated from):
+//! network's pools (all of them, whichever pool an ADD allocated from), and
+//! each rule excludes every pool of its family as a destination, so traffic
+//! from a pod to any pod of the network, on this node or another, in the same
+//! pool or another, keeps its source address:
 //!
 //! ```text
-//! ip saddr S ip daddr != S ip daddr != 224.0.0.0/4 masquerade comment "ohno S"
-//! ip6 saddr S ip6 daddr != S masquerade comment "ohno S"
+//! ip saddr S ip daddr != S ip daddr != S2 … ip daddr != 224.0.0.0/4 masquerade comment "ohno S"
+//! ip6 saddr S ip6 daddr != S ip6 daddr != S2 … masquerade comment "ohno S"
 //! ```
 //!
 //! Every change is one nfnetlink batch (BATCH_BEGIN … BATCH_END), which the
@@ -218,7 +221,7 @@ pub fn ensure_masquerade(tag: &str, subnets: &[(IpAddr, u8)]) -> Result<()> {
                     a.str(NFTA_RULE_TABLE, TABLE);
                     a.str(NFTA_RULE_CHAIN, &chain);
                     a.nested(NFTA_RULE_EXPRESSIONS, |e| {
-                        masquerade_exprs(e, family, net, prefix)
+                        masquerade_exprs(e, family, (net, prefix), &mine)
                     });
                     a.put(
                         NFTA_RULE_USERDATA,
@@ -307,12 +310,17 @@ fn mask_byte(prefix: u8, i: usize) -> u8 {
     (0xffu16 << (8 - bits)) as u8
 }
 
-/// The expressions of one masquerade rule.
-fn masquerade_exprs(e: &mut Attrs, family: Family, net: IpAddr, prefix: u8) {
+/// The expressions of one masquerade rule: from `own`, to none of `all`
+/// (the network's subnets of this family; `own` first).
+fn masquerade_exprs(e: &mut Attrs, family: Family, own: (IpAddr, u8), all: &[(IpAddr, u8)]) {
     let (saddr, daddr, len) = family.addr_fields();
+    let (net, prefix) = own;
     let net = octets(&net);
     match_prefix(e, saddr, &net, prefix, NFT_CMP_EQ);
     match_prefix(e, daddr, &net, prefix, NFT_CMP_NEQ);
+    for &(other, p) in all.iter().filter(|&&o| o != own) {
+        match_prefix(e, daddr, &octets(&other), p, NFT_CMP_NEQ);
+    }
     if family == Family::V4 {
         // ip daddr != 224.0.0.0/4
         match_prefix(e, daddr, &[224, 0, 0, 0], 4, NFT_CMP_NEQ);
@@ -638,7 +646,7 @@ mod tests {
         );
         assert!(
             listing.contains(
-                "ip saddr 10.99.0.0/20 ip daddr != 10.99.0.0/20 ip daddr != 224.0.0.0/4 masquerade comment \"ohno 10.99.0.0/20\""
+                "ip saddr 10.99.0.0/20 ip daddr != 10.99.0.0/20 ip daddr != 10.88.0.0/16 ip daddr != 224.0.0.0/4 masquerade comment \"ohno 10.99.0.0/20\""
             ),
             "{listing}"
         );

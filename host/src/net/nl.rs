@@ -75,6 +75,20 @@ impl NlSocket {
         Ok(NlSocket { sock, seq })
     }
 
+    /// A socket of `protocol` that receives the multicast `groups` (a
+    /// bitmask of `RTMGRP_*`), in the calling thread's netns; a receive
+    /// returns `WouldBlock` after `timeout` without a message.
+    pub fn subscribe(
+        protocol: isize,
+        groups: u32,
+        timeout: std::time::Duration,
+    ) -> io::Result<NlSocket> {
+        let mut sock = Socket::new(protocol)?;
+        sock.bind(&SocketAddr::new(0, groups))?;
+        set_recv_timeout_exact(sock.as_raw_fd(), timeout)?;
+        Ok(NlSocket { sock, seq: 0 })
+    }
+
     /// The next sequence number.
     pub fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
@@ -145,9 +159,13 @@ pub(crate) fn invalid(msg: impl Into<String>) -> io::Error {
 }
 
 fn set_recv_timeout(fd: RawFd, secs: libc::time_t) -> io::Result<()> {
+    set_recv_timeout_exact(fd, std::time::Duration::from_secs(secs as u64))
+}
+
+fn set_recv_timeout_exact(fd: RawFd, d: std::time::Duration) -> io::Result<()> {
     let tv = libc::timeval {
-        tv_sec: secs,
-        tv_usec: 0,
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
     };
     // SAFETY: `fd` is a live socket owned by the caller and `tv` is a valid
     // `timeval` whose size we pass.

@@ -137,7 +137,7 @@ impl Netlink {
             msg.attributes
                 .push(LinkAttribute::Address(spec.mac.to_vec()));
         }
-        if !link.up || msg.attributes.len() > 0 {
+        if !link.up || !msg.attributes.is_empty() {
             self.request(RouteNetlinkMessage::SetLink(msg), 0)
                 .map_err(fail)?;
         }
