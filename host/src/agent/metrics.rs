@@ -73,6 +73,17 @@ struct ResultLabels {
     result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    backend: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReachLabels {
+    reachability: String,
+}
+
 /// Buckets from 0.5 ms to ~4 s: a CNI call, a policy decision or an etcd
 /// request is in there.
 fn latency() -> Histogram {
@@ -96,6 +107,12 @@ pub struct Metrics {
     reaped: Family<ResultLabels, Counter>,
     ready: Gauge,
     uptime: Gauge,
+    routes: Family<RouteLabels, Gauge>,
+    peers: Family<ReachLabels, Gauge>,
+    reconcile_seconds: Histogram,
+    reconcile_changes: Counter,
+    watch_restarts: Counter,
+    last_sync: Gauge,
     /// When the pool gauges were last read from the store.
     pools_read: Mutex<Option<Instant>>,
 }
@@ -200,9 +217,54 @@ impl Metrics {
             Unit::Seconds,
             uptime.clone(),
         );
+        let routes = Family::<RouteLabels, Gauge>::default();
+        registry.register(
+            "routes",
+            "Cross-node routes the agent wants, by backend (host-gw, vxlan, blackhole) and state \
+             (installed, failed)",
+            routes.clone(),
+        );
+        let peers = Family::<ReachLabels, Gauge>::default();
+        registry.register(
+            "peers",
+            "Other nodes, by reachability (reachable: every block routed; unreachable)",
+            peers.clone(),
+        );
+        let reconcile_seconds = latency();
+        registry.register_with_unit(
+            "routes_reconcile_duration",
+            "Duration of one pass making the kernel match the store",
+            Unit::Seconds,
+            reconcile_seconds.clone(),
+        );
+        let reconcile_changes = Counter::default();
+        registry.register(
+            "routes_changes",
+            "Routes, neighbour and FDB entries added or removed by the agent",
+            reconcile_changes.clone(),
+        );
+        let watch_restarts = Counter::default();
+        registry.register(
+            "routes_watch_restarts",
+            "Times the agent listed the store again (a compacted revision, a failed watch)",
+            watch_restarts.clone(),
+        );
+        let last_sync = Gauge::default();
+        registry.register_with_unit(
+            "routes_last_sync_timestamp",
+            "Unix time of the last pass that left the kernel matching the store",
+            Unit::Seconds,
+            last_sync.clone(),
+        );
         Metrics {
             registry,
             started: Instant::now(),
+            routes,
+            peers,
+            reconcile_seconds,
+            reconcile_changes,
+            watch_restarts,
+            last_sync,
             calls,
             call_seconds,
             fallbacks,
@@ -222,6 +284,48 @@ impl Metrics {
     }
 
     /// A finished CNI call, as the plugin reported it.
+    /// One routing pass: how long, how many changes, whether it all applied.
+    pub fn reconciled(&self, took: Duration, changes: usize, _ok: bool) {
+        self.reconcile_seconds.observe(took.as_secs_f64());
+        self.reconcile_changes.inc_by(changes as u64);
+    }
+
+    /// Routes wanted per path, and how many of them failed to install.
+    pub fn set_routes(&self, by_path: &[(&str, usize)], failed: usize) {
+        for (path, n) in by_path {
+            self.routes
+                .get_or_create(&RouteLabels {
+                    backend: (*path).into(),
+                    state: "installed".into(),
+                })
+                .set(*n as i64);
+        }
+        self.routes
+            .get_or_create(&RouteLabels {
+                backend: "any".into(),
+                state: "failed".into(),
+            })
+            .set(failed as i64);
+    }
+
+    pub fn set_peers(&self, reachable: usize, unreachable: usize) {
+        for (k, n) in [("reachable", reachable), ("unreachable", unreachable)] {
+            self.peers
+                .get_or_create(&ReachLabels {
+                    reachability: k.into(),
+                })
+                .set(n as i64);
+        }
+    }
+
+    pub fn watch_restarted(&self) {
+        self.watch_restarts.inc();
+    }
+
+    pub fn synced(&self) {
+        self.last_sync.set(crate::ipam::model::now() as i64);
+    }
+
     pub fn call(&self, r: &CallReport) {
         let verb = bounded_label(&r.verb);
         let result = if r.code == 0 { "ok" } else { "error" };

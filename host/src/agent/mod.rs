@@ -11,6 +11,7 @@
 //! - [`services`]: store, policy, reaper, report, status behind one dispatcher;
 //! - [`client`]: the plugin's connections and its named fallback clients;
 //! - [`spawn`]: the one way the plugin starts a process (`ohnod on-demand`);
+//! - [`routes`]: cross-node routes (node records, host-gw, vxlan), in `ohnod run`;
 //! - [`run`]: what `ohnod run` and `ohnod on-demand` set up;
 //! - [`metrics`], [`health`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`logs`]: stderr, and per-call capture for the plugin's log.
@@ -20,6 +21,7 @@ pub mod health;
 pub mod logs;
 pub mod metrics;
 pub mod protocol;
+pub mod routes;
 pub mod run;
 pub mod server;
 pub mod services;

@@ -496,6 +496,9 @@ pub struct AgentStatus {
     pub metrics_address: Option<String>,
     /// The latest errors (newest last), with their Unix times.
     pub recent_errors: Vec<(u64, String)>,
+    /// Cross-node routing (`ohnod run` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<super::routes::RoutesStatus>,
 }
 
 #[cfg(test)]

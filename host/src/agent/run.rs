@@ -182,7 +182,8 @@ pub fn run(conf: AgentConf) -> i32 {
     ));
     state.metrics_address = conf.metrics_address.map(|a| a.to_string());
     let metrics = Arc::new(Metrics::new());
-    let services = Arc::new(Services::all(Arc::new(state), metrics));
+    let routes_status = state.routes.clone();
+    let services = Arc::new(Services::all(Arc::new(state), metrics.clone()));
     let agent = Arc::new(Agent {
         services: services.clone(),
         network: conf.network.clone(),
@@ -207,6 +208,10 @@ pub fn run(conf: AgentConf) -> i32 {
         let _ = std::thread::Builder::new()
             .name("ohnod-ready".into())
             .spawn(move || watch_readiness(agent, stop));
+    }
+    if let Err(e) = super::routes::start(&conf, stop.clone(), metrics, routes_status) {
+        log::error!("routes: {e}");
+        return 1;
     }
     log::info!(
         "ohnod {} serving {} on {}",

@@ -470,9 +470,26 @@ fn plumb(
 ) -> Result<Plumbed> {
     let (env, conf) = (&inv.env, &inv.conf);
     let mut host = Netlink::open()?;
-    let mtu = match conf.mtu {
-        Some(m) => m,
-        None => host.default_route_mtu()?.unwrap_or(1500),
+    // On a node whose agent routes through vxlan, the agent says how large
+    // a pod's packets may be (the vxlan device's MTU).
+    let limit = crate::agent::routes::pod_mtu_limit(&conf.ipam.lock_dir);
+    let mtu = match (conf.mtu, limit) {
+        (Some(m), Some(l)) if m > l => {
+            return Err(Error::config(
+                "mtu",
+                format!(
+                    "{m} is above {l}, the largest MTU for pods on this node \
+                     (its vxlan device's, {}/{})",
+                    conf.ipam.lock_dir.display(),
+                    crate::agent::routes::POD_MTU_FILE
+                ),
+            ))
+        }
+        (Some(m), _) => m,
+        (None, l) => {
+            let found = host.default_route_mtu()?.unwrap_or(1500);
+            l.map_or(found, |l| found.min(l))
+        }
     };
     let found = host.link_by_name(&conf.bridge)?;
     if found.is_none() && !allocated_ok() {

@@ -57,6 +57,8 @@ pub struct State {
     pub metrics_address: Option<String>,
     pub ready: AtomicBool,
     errors: Mutex<VecDeque<(u64, String)>>,
+    /// What the routing loop last did (`ohnod run`).
+    pub routes: std::sync::Arc<Mutex<Option<crate::agent::routes::RoutesStatus>>>,
 }
 
 impl State {
@@ -69,6 +71,7 @@ impl State {
             metrics_address: None,
             ready: AtomicBool::new(false),
             errors: Mutex::new(VecDeque::new()),
+            routes: Default::default(),
         }
     }
 
@@ -297,6 +300,7 @@ impl Services {
             etcd_endpoint_in_use,
             metrics_address: s.metrics_address.clone(),
             recent_errors: s.recent_errors(),
+            routes: s.routes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 }

@@ -40,8 +40,15 @@ enum Top {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// Nodes: their records (underlay, backend, VTEP), blocks, last seen;
+    /// taking one out of the cluster.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
     /// The node agent's state: running, mode, uptime, socket, loaded policy,
-    /// etcd endpoint in use, recent errors. Exit code 1 when no agent answers.
+    /// etcd endpoint in use, recent errors, routing peers. Exit code 1 when
+    /// no agent answers.
     Status {
         /// A CNI config (conflist or single plugin): the agent's socket is
         /// `<ipam.lockDir>/ohnod.sock`.
@@ -120,6 +127,30 @@ enum PolicyCmd {
 }
 
 #[derive(Subcommand)]
+enum NodeCmd {
+    /// Every node with a record or a block: underlay addresses, backend,
+    /// blocks, when its agent last confirmed its record.
+    Ls {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Take NODE out: release its blocks and delete its record, in
+    /// transactions. Refused while it has attachments, unless --force (which
+    /// releases them as DEL would: only for a node that is gone).
+    Rm {
+        #[arg(long)]
+        config: PathBuf,
+        node: String,
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
 enum Ipam {
     /// List allocations (attachments) with their addresses, node and pod.
     Ls {
@@ -179,6 +210,7 @@ fn main() -> ExitCode {
     let command = match cli.command {
         Top::Ipam { command } => command,
         Top::Policy { command } => return exit(policy_cmd(command)),
+        Top::Node { command } => return exit(node_cmd(command)),
         Top::Status {
             config,
             socket,
@@ -686,6 +718,82 @@ fn status(config: Option<&PathBuf>, socket: Option<PathBuf>, json: bool) -> Resu
     for (k, v) in rows {
         println!("{k:<22} {v}");
     }
+    if let Some(r) = &a.routes {
+        let under: Vec<String> = [r.ipv4, r.ipv6]
+            .into_iter()
+            .flatten()
+            .map(|a| a.to_string())
+            .collect();
+        let routes: Vec<String> = r.routes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        for (k, v) in [
+            ("NODE", r.node.clone()),
+            ("BACKEND", r.backend.clone()),
+            (
+                "UNDERLAY",
+                if under.is_empty() {
+                    "-".into()
+                } else {
+                    under.join(", ")
+                },
+            ),
+            (
+                "VXLAN DEVICES",
+                if r.devices.is_empty() {
+                    "-".into()
+                } else {
+                    r.devices.join(", ")
+                },
+            ),
+            ("ROUTE PROTOCOL", r.route_protocol.to_string()),
+            (
+                "ROUTES",
+                if routes.is_empty() {
+                    "-".into()
+                } else {
+                    routes.join(", ")
+                },
+            ),
+            (
+                "LAST SYNC",
+                r.last_sync.map_or("-".into(), |t| t.to_string()),
+            ),
+            ("WATCH RESTARTS", r.watch_restarts.to_string()),
+        ] {
+            println!("{k:<22} {v}");
+        }
+        for f in &r.failed_routes {
+            println!("  failed: {f}");
+        }
+        if r.peers.is_empty() {
+            println!("{:<22} -", "PEERS");
+        } else {
+            println!("PEERS");
+            println!(
+                "  {:<16} {:<10} {:>6}  {:<24} ERRORS",
+                "NODE", "REACHABLE", "BLOCKS", "ROUTED"
+            );
+            for p in &r.peers {
+                let routed: Vec<String> =
+                    p.routed.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                println!(
+                    "  {:<16} {:<10} {:>6}  {:<24} {}",
+                    p.node,
+                    if p.reachable { "yes" } else { "no" },
+                    p.blocks,
+                    if routed.is_empty() {
+                        "-".into()
+                    } else {
+                        routed.join(", ")
+                    },
+                    if p.errors.is_empty() {
+                        "-".into()
+                    } else {
+                        p.errors.join("; ")
+                    }
+                );
+            }
+        }
+    }
     if a.recent_errors.is_empty() {
         println!("{:<22} -", "RECENT ERRORS");
     } else {
@@ -695,6 +803,114 @@ fn status(config: Option<&PathBuf>, socket: Option<PathBuf>, json: bool) -> Resu
         }
     }
     Ok(true)
+}
+
+/// One row of `ohnoctl node ls`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeRow {
+    node: String,
+    /// Its record, when its agent has written one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<ohno::ipam::nodes::NodeRecord>,
+    blocks: usize,
+}
+
+fn node_cmd(cmd: NodeCmd) -> Result<bool> {
+    match cmd {
+        NodeCmd::Ls { config, format } => {
+            let (conf, kv) = open(&config)?;
+            let prefix = conf.ipam.store.prefix().to_string();
+            let mut rows: std::collections::BTreeMap<String, NodeRow> = Default::default();
+            for r in ohno::ipam::nodes::list(&*kv, &prefix)? {
+                rows.insert(
+                    r.node.clone(),
+                    NodeRow {
+                        node: r.node.clone(),
+                        record: Some(r),
+                        blocks: 0,
+                    },
+                );
+            }
+            for b in Allocator::from_conf(&*kv, &conf).block_usage(&conf.ipam.pools)? {
+                rows.entry(b.node.clone())
+                    .or_insert_with(|| NodeRow {
+                        node: b.node.clone(),
+                        record: None,
+                        blocks: 0,
+                    })
+                    .blocks += 1;
+            }
+            let rows: Vec<NodeRow> = rows.into_values().collect();
+            if format.json() {
+                print_json(&rows);
+                return Ok(true);
+            }
+            let now = ohno::ipam::model::now();
+            println!(
+                "{:<16} {:<34} {:<8} {:>6} {:<12} VTEP",
+                "NODE", "UNDERLAY", "BACKEND", "BLOCKS", "LAST SEEN"
+            );
+            for r in &rows {
+                let (underlay, backend, seen, vtep) = match &r.record {
+                    Some(rec) => {
+                        let under: Vec<String> = [
+                            rec.ipv4.map(|a| a.to_string()),
+                            rec.ipv6.map(|a| a.to_string()),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                        let vtep = rec.vxlan.as_ref().map_or("-".into(), |v| {
+                            let macs: Vec<&str> = [v.mac.as_deref(), v.mac6.as_deref()]
+                                .into_iter()
+                                .flatten()
+                                .collect();
+                            format!("vni {} {} mtu {}", v.vni, macs.join(","), v.mtu)
+                        });
+                        (
+                            if under.is_empty() {
+                                "-".into()
+                            } else {
+                                under.join(",")
+                            },
+                            rec.backend.to_string(),
+                            format!("{}s ago", now.saturating_sub(rec.seen)),
+                            vtep,
+                        )
+                    }
+                    None => ("-".into(), "-".into(), "never".into(), "-".into()),
+                };
+                println!(
+                    "{:<16} {:<34} {:<8} {:>6} {:<12} {}",
+                    r.node, underlay, backend, r.blocks, seen, vtep
+                );
+            }
+            Ok(true)
+        }
+        NodeCmd::Rm {
+            config,
+            node,
+            force,
+            format,
+        } => {
+            let (conf, kv) = open(&config)?;
+            let alloc = Allocator::from_conf(&*kv, &conf);
+            let done = ohno::ipam::nodes::remove(&alloc, &node, force)?;
+            if format.json() {
+                print_json(&done);
+            } else {
+                println!(
+                    "node {}: {} attachment(s) released, {} block(s) released, record {}",
+                    done.node,
+                    done.attachments.len(),
+                    done.blocks.len(),
+                    if done.record { "deleted" } else { "absent" }
+                );
+            }
+            Ok(true)
+        }
+    }
 }
 
 /// The config and its store, opened.
