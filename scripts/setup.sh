@@ -20,10 +20,11 @@ cd "$(dirname "$0")/.."
 #   openssl                     certificates for the mTLS etcd cluster
 #   valgrind linux-perf         memcheck and flamegraph targets
 #   jq                          the demo script
+#   curl                        the agent's /metrics in the cross-node tests and the demo
 PACKAGES=(
     nftables etcd-server etcd-client containernetworking-plugins
     golang-go golang-github-appc-cni-dev protobuf-compiler libprotobuf-dev
-    iproute2 iputils-ping openssl valgrind linux-perf jq
+    iproute2 iputils-ping openssl valgrind linux-perf jq curl
 )
 
 missing=()

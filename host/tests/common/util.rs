@@ -83,7 +83,7 @@ pub fn file_tree(dir: &Path) -> BTreeMap<PathBuf, u64> {
     out
 }
 
-pub(super) fn tail(s: &str, max: usize) -> &str {
+pub fn tail(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
