@@ -12,6 +12,7 @@ build:
 demo: setup policies
 	$(CARGO) build --release -p ohno --bins
 	scripts/demo.sh
+	scripts/demo-cluster.sh
 
 # Integration tests need root (they create network namespaces) and the debug
 # binaries, which `cargo test` builds for the `ohno` crate's tests.
