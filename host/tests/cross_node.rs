@@ -274,29 +274,35 @@ fn agents_route_every_nodes_blocks_and_repair_what_is_removed() {
 }
 
 #[test]
-fn host_gw_refuses_an_off_link_peer_and_says_so() {
+fn host_gw_refuses_an_off_link_peer_and_follows_records_across_an_etcd_outage() {
     require_root();
     let ul = Underlay::new();
-    let etcd = Etcd::start(&ul);
+    let mut etcd = Etcd::start(&ul);
     let hg = json!({"backend": "host-gw"});
     let mut a = SimNode::new(&ul, &etcd, SEGMENT_A, 10, "node-a", hg.clone());
+    let mut b = SimNode::new(&ul, &etcd, SEGMENT_A, 11, "node-b", hg.clone());
     let mut c = SimNode::new(&ul, &etcd, SEGMENT_B, 12, "node-c", hg);
-    a.start_agent();
-    c.start_agent();
-    let (pa, pc) = (Pod::new(), Pod::new());
+    for n in [&mut a, &mut b, &mut c] {
+        n.start_agent();
+    }
+    let (pa, pb, pc) = (Pod::new(), Pod::new(), Pod::new());
     let _ = a.add(&pa);
-    let rc = c.add(&pc);
-    let (c4, _) = blocks(&rc);
+    let (b4, _) = blocks(&b.add(&pb));
+    let (c4, _) = blocks(&c.add(&pc));
     wait_for("node-c seen as not on-link", &a, || {
         a.status()["routes"]["peers"].as_array().is_some_and(|p| {
             p.iter()
                 .any(|p| p["node"] == "node-c" && p["reachable"] == false)
         })
     });
+    assert!(
+        has_route(&a, &[&b4, "via 192.0.2.11"]),
+        "{:#?}",
+        a.owned_routes()
+    );
     assert!(!has_route(&a, &[&c4]), "{:#?}", a.owned_routes());
     let status = a.status();
-    let text = status.to_string();
-    assert!(text.contains("is not on-link"), "{status}");
+    assert!(status.to_string().contains("is not on-link"), "{status}");
     assert!(a.host().link(VX).is_none(), "host-gw makes no vxlan device");
     let m = a.metrics();
     assert!(
@@ -306,6 +312,40 @@ fn host_gw_refuses_an_off_link_peer_and_says_so() {
     assert!(a.agent_log().contains("not on-link"), "{}", a.agent_log());
     // Pods on a host-gw node keep the underlay's MTU.
     assert_eq!(ip_link_mtu(&pa, "eth0"), 1500);
+
+    // etcd goes away and comes back: the agents list again and follow on.
+    etcd.kill();
+    assert!(
+        eventually(Duration::from_secs(15), || a
+            .metrics()
+            .contains("ohno_routes_watch_restarts_total 1")
+            || a.agent_log().contains("following the store again")),
+        "no watch restart seen:\n{}",
+        tail(&a.agent_log(), 3000)
+    );
+    // Meanwhile nothing was flushed.
+    assert!(has_route(&a, &[&b4, "via 192.0.2.11"]));
+    etcd.restart(&ul);
+
+    // node-b moves to another underlay address: its new record reaches A,
+    // whose route follows.
+    b.stop_agent();
+    // (Deleting the primary address takes the secondaries and the default
+    // route with it: delete, then add, then route again.)
+    let h = b.host();
+    h.exec_ok(&["ip", "addr", "del", "192.0.2.11/24", "dev", "eth0"]);
+    h.exec_ok(&["ip", "addr", "add", "192.0.2.21/24", "dev", "eth0"]);
+    h.exec_ok(&["ip", "route", "add", "default", "via", "192.0.2.1"]);
+    b.start_agent();
+    wait_for(
+        "the route to node-b's block via its new address",
+        &a,
+        || has_route(&a, &[&b4, "via 192.0.2.21"]) && !has_route(&a, &[&b4, "via 192.0.2.11"]),
+    );
+    assert!(
+        pings(&pa, &address(&b.add(&pb), true)),
+        "pod A → pod B at B's new address"
+    );
 }
 
 fn ip_link_mtu(pod: &Pod, dev: &str) -> u64 {

@@ -576,15 +576,29 @@ impl super::watch::Watch for EtcdStore {
             let Some(first) = prefixes.first() else {
                 return WatchEnd::Failed("nothing to watch".into());
             };
-            let mut stream = match wc.watch(first.as_str(), Some(options())).await {
-                Ok(s) => s,
-                Err(e) => return WatchEnd::Failed(format!("{endpoint}: watch: {}", chain(&e))),
-            };
-            for p in &prefixes[1..] {
-                if let Err(e) = stream.watch(p.as_str(), Some(options())).await {
-                    return WatchEnd::Failed(format!("{endpoint}: watch: {}", chain(&e)));
+            // Setting the watch up ends by the request deadline, like any request.
+            let set_up = async {
+                let mut stream = wc.watch(first.as_str(), Some(options())).await?;
+                for p in &prefixes[1..] {
+                    stream.watch(p.as_str(), Some(options())).await?;
                 }
-            }
+                Ok::<_, etcd_client::Error>(stream)
+            };
+            let mut stream = match tokio::time::timeout_at(
+                deadline + Duration::from_millis(self.conf.timeout_ms),
+                set_up,
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return WatchEnd::Failed(format!("{endpoint}: watch: {}", chain(&e))),
+                Err(_) => {
+                    return WatchEnd::Failed(format!(
+                        "{endpoint}: watch: no answer within {} ms",
+                        self.conf.timeout_ms
+                    ))
+                }
+            };
             loop {
                 if stop() {
                     return WatchEnd::Stopped;
@@ -808,7 +822,10 @@ mod tests {
                     .any(|c| matches!(c, Change::Put(kv) if kv.key == "/ohno/nodes/n1")),
                 "{got:?}"
             );
-            assert!(got.contains(&Change::Delete("/ohno/blocks/p/a".into())), "{got:?}");
+            assert!(
+                got.contains(&Change::Delete("/ohno/blocks/p/a".into())),
+                "{got:?}"
+            );
             assert_eq!(got.len(), 2, "only the watched prefixes: {got:?}");
 
             // Compacted past the listing: the watch says so, to list again.

@@ -92,10 +92,24 @@ impl Etcd {
     pub fn start(ul: &Underlay) -> Etcd {
         let dir = TempDir::new();
         let endpoint = format!("http://{}.1:2379", SEGMENT_A.v4);
+        let child = Etcd::spawn(ul, &dir, &endpoint);
+        let etcd = Etcd {
+            child,
+            dir,
+            endpoint,
+        };
+        etcd.wait_healthy(ul);
+        etcd
+    }
+
+    fn spawn(ul: &Underlay, dir: &TempDir, endpoint: &str) -> Child {
         let data = dir.path().join("data");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
-        let child = ul
-            .ns
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("etcd.log"))
+            .expect("etcd log");
+        ul.ns
             .command(&[
                 "etcd",
                 "--name",
@@ -103,9 +117,9 @@ impl Etcd {
                 "--data-dir",
                 data.to_str().expect("utf-8"),
                 "--listen-client-urls",
-                &endpoint,
+                endpoint,
                 "--advertise-client-urls",
-                &endpoint,
+                endpoint,
                 "--listen-peer-urls",
                 "http://127.0.0.1:2380",
                 "--initial-advertise-peer-urls",
@@ -119,17 +133,25 @@ impl Etcd {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start etcd");
-        let etcd = Etcd {
-            child,
-            dir,
-            endpoint,
-        };
+            .expect("start etcd")
+    }
+
+    fn wait_healthy(&self, ul: &Underlay) {
         let up = eventually(Duration::from_secs(20), || {
-            etcd.etcdctl(ul, &["endpoint", "health"]).status.success()
+            self.etcdctl(ul, &["endpoint", "health"]).status.success()
         });
-        assert!(up, "etcd did not come up:\n{}", etcd.log());
-        etcd
+        assert!(up, "etcd did not come up:\n{}", self.log());
+    }
+
+    /// SIGKILL the member (by its PID), then start it again on its data.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self, ul: &Underlay) {
+        self.child = Etcd::spawn(ul, &self.dir, &self.endpoint);
+        self.wait_healthy(ul);
     }
 
     pub fn etcdctl(&self, ul: &Underlay, args: &[&str]) -> std::process::Output {

@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use super::desired::{Desired, Device};
 use crate::error::Result;
 use crate::net::link::Netlink;
+use crate::net::route::OwnedRoute;
 
 /// What one pass changed, and what it could not do.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub struct Applied {
     pub removed: usize,
     /// Routes wanted but not installed, with why.
     pub failed: Vec<String>,
+    /// Those routes.
+    pub not_installed: BTreeSet<OwnedRoute>,
 }
 
 impl Applied {
@@ -53,11 +56,18 @@ pub fn apply(
                 log::info!("route added: {r}");
                 out.added += 1;
             }
-            Err(e) if e.is_exists() => out.failed.push(format!(
-                "{r}: another route to {} with metric {} is in the table (not ours; left alone)",
-                r.dst, r.metric
-            )),
-            Err(e) => out.failed.push(e.to_string()),
+            Err(e) => {
+                out.not_installed.insert(r.clone());
+                out.failed.push(if e.is_exists() {
+                    format!(
+                        "{r}: another route to {} with metric {} is in the table \
+                         (not ours; left alone)",
+                        r.dst, r.metric
+                    )
+                } else {
+                    e.to_string()
+                });
+            }
         }
     }
     let empty_n = BTreeSet::new();

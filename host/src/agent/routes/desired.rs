@@ -546,6 +546,46 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_sharing_only_an_ipv6_underlay_goes_through_the_ipv6_device() {
+        let recs = [
+            rec(
+                "a",
+                Some("192.0.2.10"),
+                Some("2001:db8:5::10"),
+                "02:00:00:00:00:0a",
+            ),
+            rec("b", None, Some("2001:db8:7::11"), "02:00:00:00:00:0b"),
+        ];
+        let me = recs[0].clone();
+        let blocks = vec![(cidr("10.85.0.64/26"), "b".to_string())];
+        let devices = vec![
+            VX,
+            Device {
+                index: 10,
+                name: "ohno.vx6".into(),
+                underlay: Family::V6,
+            },
+        ];
+        let d = desired(&Inputs {
+            me: &me,
+            backend: Backend::Vxlan,
+            records: &recs,
+            blocks: &blocks,
+            devices: &devices,
+            route_to: &table,
+        });
+        let routes: Vec<String> = d.routes.keys().map(|r| r.to_string()).collect();
+        // b's IPv6 device MAC (rec() derives it with 06:): its link-local.
+        assert_eq!(
+            routes,
+            vec!["10.85.0.64/26 via fe80::400:ff:fe00:b dev 10 metric 20"]
+        );
+        let f: Vec<String> = d.fdb[&10].iter().map(|f| f.to_string()).collect();
+        assert_eq!(f, vec!["06:00:00:00:00:0b dst 2001:db8:7::11"]);
+        assert!(!d.fdb.contains_key(&9));
+    }
+
+    #[test]
     fn a_peer_with_blocks_and_no_record_or_another_vni_is_an_error_not_a_route() {
         let mut other = rec("c", Some("192.0.2.12"), None, "02:00:00:00:00:0c");
         other.vxlan.as_mut().unwrap().vni = 7;

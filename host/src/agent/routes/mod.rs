@@ -275,20 +275,30 @@ impl Router {
                 log::warn!("peer {}: {e}", p.node);
             }
         }
-        let failed = match &applied {
-            Ok(a) => a.failed.clone(),
-            Err(e) => vec![e.to_string()],
-        };
-        for f in &failed {
+        let applied = applied.unwrap_or_else(|e| apply::Applied {
+            failed: vec![e.to_string()],
+            not_installed: want.routes.keys().cloned().collect(),
+            ..apply::Applied::default()
+        });
+        for f in &applied.failed {
             log::warn!("route: {f}");
         }
-        self.publish_status(&want, &devices, failed, ok);
+        self.publish_status(&want, &devices, &applied, ok);
     }
 
-    fn publish_status(&self, want: &Desired, devices: &[Device], failed: Vec<String>, ok: bool) {
+    fn publish_status(
+        &self,
+        want: &Desired,
+        devices: &[Device],
+        applied: &apply::Applied,
+        ok: bool,
+    ) {
+        let failed = applied.failed.clone();
         let mut routes: BTreeMap<String, usize> = BTreeMap::new();
-        for p in want.routes.values() {
-            *routes.entry(p.as_str().to_string()).or_default() += 1;
+        for (r, p) in &want.routes {
+            if !applied.not_installed.contains(r) {
+                *routes.entry(p.as_str().to_string()).or_default() += 1;
+            }
         }
         let peers: Vec<PeerStatus> = want
             .peers
@@ -306,7 +316,7 @@ impl Router {
                 .iter()
                 .map(|p| (p.as_str(), routes.get(p.as_str()).copied().unwrap_or(0)))
                 .collect::<Vec<_>>(),
-            failed.len(),
+            applied.not_installed.len(),
         );
         let reachable = peers.iter().filter(|p| p.reachable).count();
         self.metrics.set_peers(reachable, peers.len() - reachable);
