@@ -387,3 +387,43 @@ fn source_seen_by(server: &Pod, addr: &str, client: &Pod) -> String {
     let out = listener.wait_with_output().expect("listener output");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+#[test]
+fn vxlan_backend_tunnels_even_to_on_link_peers() {
+    require_root();
+    let ul = Underlay::new();
+    let etcd = Etcd::start(&ul);
+    let vx = json!({"backend": "vxlan", "vxlan": {"vni": 77, "port": 8472}});
+    let mut a = SimNode::new(&ul, &etcd, SEGMENT_A, 10, "node-a", vx.clone());
+    let mut b = SimNode::new(&ul, &etcd, SEGMENT_A, 11, "node-b", vx);
+    a.start_agent();
+    b.start_agent();
+    let (pa, pb) = (Pod::new(), Pod::new());
+    let _ = a.add(&pa);
+    let rb = b.add(&pb);
+    let (b4, b6) = blocks(&rb);
+    wait_for("vxlan routes to node-b's blocks", &a, || {
+        has_route(&a, &[&b4, "via inet6 fe80::", "dev ohno.vx"])
+            && has_route(&a, &[&b6, "via fe80::", "dev ohno.vx"])
+    });
+    let info = &a.host().ip_json(&["-d", "link", "show", VX])[0]["linkinfo"]["info_data"];
+    assert_eq!(info["id"], 77);
+    assert_eq!(info["port"], 8472);
+    // The IPv6 underlay has its own device (unused here: both share IPv4).
+    let vx6 = a.host().ip_json(&["-d", "link", "show", "ohno.vx6"]);
+    assert_eq!(
+        vx6[0]["linkinfo"]["info_data"]["local6"],
+        a.v6.as_str(),
+        "{vx6:?}"
+    );
+    assert_eq!(vx6[0]["mtu"], 1430, "1500 − 70: {vx6:?}");
+    assert!(a.fdb(VX).contains(&format!("dst {} self permanent", b.v4)));
+    assert!(
+        pings(&pa, &address(&rb, true)),
+        "pod A → pod B over vxlan (v4)"
+    );
+    assert!(
+        pings(&pa, &address(&rb, false)),
+        "pod A → pod B over vxlan (v6)"
+    );
+}
