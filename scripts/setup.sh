@@ -21,10 +21,11 @@ cd "$(dirname "$0")/.."
 #   valgrind linux-perf         memcheck and flamegraph targets
 #   jq                          the demo script
 #   curl                        the agent's /metrics in the cross-node tests and the demo
+#   iperf3                      pod-to-pod throughput across nodes in the cross-node bench
 PACKAGES=(
     nftables etcd-server etcd-client containernetworking-plugins
     golang-go golang-github-appc-cni-dev protobuf-compiler libprotobuf-dev
-    iproute2 iputils-ping openssl valgrind linux-perf jq curl
+    iproute2 iputils-ping openssl valgrind linux-perf jq curl iperf3
 )
 
 missing=()

@@ -43,8 +43,9 @@ const VXLAN_OVERHEAD_V4: u32 = 50;
 const VXLAN_OVERHEAD_V6: u32 = 70;
 /// The longest pause between two attempts to follow the store.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Kernel events closer together than this are applied in one pass.
-const SETTLE: Duration = Duration::from_millis(20);
+/// Changes closer together than this are applied in one pass (a burst of
+/// ADDs on a peer claims blocks one by one).
+const SETTLE: Duration = Duration::from_millis(5);
 /// The file, in the node's lock directory, that tells the plugin the pods'
 /// largest MTU on this node (the vxlan device's).
 pub const POD_MTU_FILE: &str = "pod-mtu";
