@@ -13,11 +13,13 @@
 //! - [`spawn`]: the one way the plugin starts a process (`ohnod on-demand`);
 //! - [`routes`]: cross-node routes (node records, host-gw, vxlan), in `ohnod run`;
 //! - [`run`]: what `ohnod run` and `ohnod on-demand` set up;
+//! - [`install`]: `ohnod install` / `uninstall`;
 //! - [`metrics`], [`health`]: `/metrics`, `/healthz`, `/readyz`;
 //! - [`logs`]: stderr, and per-call capture for the plugin's log.
 
 pub mod client;
 pub mod health;
+pub mod install;
 pub mod logs;
 pub mod metrics;
 pub mod protocol;

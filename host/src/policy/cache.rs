@@ -423,6 +423,11 @@ impl CacheDir {
         self.path.join(entry_name(key))
     }
 
+    /// The path of the index that remembers `component`'s key.
+    pub fn index_path(&self, component: &Path) -> PathBuf {
+        self.path.join(index_name(component))
+    }
+
     /// Entry `key`: `Ok(None)` when there is none, a [`Refusal`] when the file
     /// fails the checks or its checksum. The payload is copied from the checked
     /// descriptor into a memfd, which is sealed before its contents are
@@ -508,10 +513,7 @@ impl CacheDir {
         let mut tag = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut tag);
         let head = format!("{INDEX_MAGIC}\n{identity}\n{:016x}\n", tag.finish());
-        let index = format!(
-            "index-{:016x}",
-            crate::ip::fnv1a64(&[path.as_os_str().as_encoded_bytes()])
-        );
+        let index = index_name(path);
         match self.read_file(&index, MAX_INDEX) {
             Ok(Some(raw)) => {
                 let text = String::from_utf8_lossy(&raw);
@@ -617,6 +619,14 @@ impl CacheDir {
         }
         written
     }
+}
+
+/// `index-<fnv(path)>`: the index of a component file.
+fn index_name(component: &Path) -> String {
+    format!(
+        "index-{:016x}",
+        crate::ip::fnv1a64(&[component.as_os_str().as_encoded_bytes()])
+    )
 }
 
 fn entry_name(key: &str) -> String {
