@@ -46,6 +46,14 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
+# Python: kubernetes-validate (with PyYAML and jsonschema) validates the
+# Kubernetes manifests offline against a pinned version's schemas
+# (scripts/check-manifests.py, a test of `make test`).
+if ! python3 -c "import kubernetes_validate, yaml" 2>/dev/null; then
+    echo "setup: installing kubernetes-validate from PyPI" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"
+fi
+
 # Debian installs the reference plugins here; tests and the bench rely on it.
 if [[ ! -x /usr/lib/cni/bridge || ! -x /usr/lib/cni/host-local ]]; then
     echo "setup: reference CNI plugins not found in /usr/lib/cni" >&2
