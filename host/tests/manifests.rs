@@ -21,5 +21,8 @@ fn manifests_validate_and_agree_with_ohnod() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("7 resources valid against Kubernetes 1.30.0 (strict)"), "{text}");
+    assert!(
+        text.contains("7 resources valid against Kubernetes 1.30.0 (strict)"),
+        "{text}"
+    );
 }
