@@ -261,31 +261,12 @@ fn via_ip(v: &RouteVia) -> Option<IpAddr> {
 }
 
 fn parse_owned(msg: &RouteMessage) -> Option<OwnedRoute> {
-    let mut table = u32::from(msg.header.table);
-    let mut dst = None;
-    let mut via = None;
-    let mut oif = None;
-    let mut metric = 0;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(a) => dst = ip(a),
-            RouteAttribute::Gateway(a) => via = ip(a),
-            RouteAttribute::Via(v) => via = via_ip(v),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Priority(p) => metric = *p,
-            _ => {}
-        }
-    }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-        return None;
-    }
-    let dst = match (dst, msg.header.address_family) {
-        (Some(d), _) => d,
-        (None, AddressFamily::Inet) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        (None, AddressFamily::Inet6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        (None, _) => return None,
-    };
+    let Parsed {
+        dst,
+        gateway: via,
+        oif,
+        priority: metric,
+    } = parse_main(msg)?;
     let dst = Cidr::new(dst, msg.header.destination_prefix_length).ok()?;
     let next = match msg.header.kind {
         RouteType::BlackHole => NextHop::Blackhole,
@@ -336,10 +317,19 @@ fn owned_message(route: &OwnedRoute, protocol: u8) -> RouteMessage {
     msg
 }
 
-fn parse_route(msg: &RouteMessage) -> Option<DumpedRoute> {
-    if msg.header.kind != RouteType::Unicast {
-        return None;
-    }
+/// What both route parsers read of a route of the main table.
+struct Parsed {
+    /// 0.0.0.0 / :: for a default route.
+    dst: IpAddr,
+    /// `RTA_GATEWAY`, or `RTA_VIA` (another family's next hop), or the first
+    /// next hop's of a multipath route.
+    gateway: Option<IpAddr>,
+    oif: Option<u32>,
+    priority: u32,
+}
+
+/// The attributes of `msg` when it is a route of the main table.
+fn parse_main(msg: &RouteMessage) -> Option<Parsed> {
     let mut table = u32::from(msg.header.table);
     let mut dst = None;
     let mut gateway = None;
@@ -350,6 +340,7 @@ fn parse_route(msg: &RouteMessage) -> Option<DumpedRoute> {
             RouteAttribute::Table(t) => table = *t,
             RouteAttribute::Destination(a) => dst = ip(a),
             RouteAttribute::Gateway(a) => gateway = ip(a),
+            RouteAttribute::Via(v) => gateway = via_ip(v),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Priority(p) => priority = *p,
             RouteAttribute::MultiPath(hops) => {
@@ -374,6 +365,24 @@ fn parse_route(msg: &RouteMessage) -> Option<DumpedRoute> {
         (None, AddressFamily::Inet6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         (None, _) => return None,
     };
+    Some(Parsed {
+        dst,
+        gateway,
+        oif,
+        priority,
+    })
+}
+
+fn parse_route(msg: &RouteMessage) -> Option<DumpedRoute> {
+    if msg.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let Parsed {
+        dst,
+        gateway,
+        oif,
+        priority,
+    } = parse_main(msg)?;
     Some(DumpedRoute {
         route: Route {
             dst,
