@@ -13,6 +13,7 @@ use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::link::Netlink;
+use super::route::family_of;
 use crate::error::{Error, Result};
 use crate::ip::mac::format_mac as mac_string;
 
@@ -43,13 +44,6 @@ impl std::fmt::Display for FdbEntry {
     }
 }
 
-fn family(ip: &IpAddr) -> AddressFamily {
-    match ip {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    }
-}
-
 fn address(a: &NeighbourAddress) -> Option<IpAddr> {
     match a {
         NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
@@ -64,9 +58,23 @@ fn address(a: &NeighbourAddress) -> Option<IpAddr> {
     }
 }
 
+/// An entry's destination address and link-layer address, when it has both.
+fn entry(msg: &NeighbourMessage) -> Option<(IpAddr, [u8; 6])> {
+    let mut ip = None;
+    let mut mac = None;
+    for a in &msg.attributes {
+        match a {
+            NeighbourAttribute::Destination(d) => ip = address(d),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+            _ => {}
+        }
+    }
+    Some((ip?, mac?))
+}
+
 fn neighbour_message(index: u32, n: &Neighbour) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
-    msg.header.family = family(&n.ip);
+    msg.header.family = family_of(&n.ip);
     msg.header.ifindex = index;
     msg.header.state = NeighbourState::Permanent;
     msg.header.kind = RouteType::Unicast;
@@ -114,18 +122,7 @@ impl Netlink {
                 if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
                     continue;
                 }
-                let mut ip = None;
-                let mut mac = None;
-                for a in &msg.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(d) => ip = address(d),
-                        NeighbourAttribute::LinkLayerAddress(l) => {
-                            mac = <[u8; 6]>::try_from(l.as_slice()).ok()
-                        }
-                        _ => {}
-                    }
-                }
-                if let (Some(ip), Some(mac)) = (ip, mac) {
+                if let Some((ip, mac)) = entry(&msg) {
                     out.push(Neighbour { ip, mac });
                 }
             }
@@ -169,18 +166,7 @@ impl Netlink {
             {
                 continue;
             }
-            let mut dst = None;
-            let mut mac = None;
-            for a in &msg.attributes {
-                match a {
-                    NeighbourAttribute::Destination(d) => dst = address(d),
-                    NeighbourAttribute::LinkLayerAddress(l) => {
-                        mac = <[u8; 6]>::try_from(l.as_slice()).ok()
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(dst), Some(mac)) = (dst, mac) {
+            if let Some((dst, mac)) = entry(&msg) {
                 out.push(FdbEntry { mac, dst });
             }
         }

@@ -65,16 +65,25 @@ impl Netlink {
         Ok(self.dump_routes()?.into_iter().map(|r| r.route).collect())
     }
 
-    fn dump_routes(&mut self) -> Result<Vec<DumpedRoute>> {
+    /// Every route of every table, both families, as the kernel dumps them.
+    fn route_messages(&mut self) -> Result<Vec<RouteMessage>> {
         let replies = self
             .dump(RouteNetlinkMessage::GetRoute(RouteMessage::default()))
             .map_err(|e| Error::netlink(format!("list routes{}", self.in_ns()), e))?;
         Ok(replies
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(msg) => parse_route(&msg),
+                RouteNetlinkMessage::NewRoute(msg) => Some(msg),
                 _ => None,
             })
+            .collect())
+    }
+
+    fn dump_routes(&mut self) -> Result<Vec<DumpedRoute>> {
+        Ok(self
+            .route_messages()?
+            .iter()
+            .filter_map(parse_route)
             .collect())
     }
 
@@ -176,17 +185,11 @@ pub struct Lookup {
 impl Netlink {
     /// The routes of the main table marked with `protocol`, both families.
     pub fn owned_routes(&mut self, protocol: u8) -> Result<Vec<OwnedRoute>> {
-        let replies = self
-            .dump(RouteNetlinkMessage::GetRoute(RouteMessage::default()))
-            .map_err(|e| Error::netlink(format!("list routes{}", self.in_ns()), e))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(msg) if u8::from(msg.header.protocol) == protocol => {
-                    parse_owned(&msg)
-                }
-                _ => None,
-            })
+        Ok(self
+            .route_messages()?
+            .iter()
+            .filter(|msg| u8::from(msg.header.protocol) == protocol)
+            .filter_map(parse_owned)
             .collect())
     }
 
@@ -245,7 +248,8 @@ impl Netlink {
     }
 }
 
-fn family_of(a: &IpAddr) -> AddressFamily {
+/// The rtnetlink family of an address.
+pub(crate) fn family_of(a: &IpAddr) -> AddressFamily {
     match a {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
@@ -404,10 +408,7 @@ fn ip(a: &RouteAddress) -> Option<IpAddr> {
 
 fn route_message(route: &Route) -> RouteMessage {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = match route.dst {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    };
+    msg.header.address_family = family_of(&route.dst);
     msg.header.destination_prefix_length = route.prefix;
     msg.header.table = RouteHeader::RT_TABLE_MAIN;
     msg.header.protocol = RouteProtocol::Boot;
