@@ -27,10 +27,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::agent::read_capped;
 use crate::error::{Error, Result};
 
-/// The largest template or certificate file read.
-const MAX_FILE: u64 = 1 << 20;
 /// The binaries installed, from the directory of the running `ohnod`.
 pub const BINARIES: &[&str] = &["ohno", "ohnoctl", "ohnod"];
 /// The record of an install, in the state directory.
@@ -79,23 +78,6 @@ pub struct Manifest {
 
 fn digest(bytes: &[u8]) -> String {
     format!("{:016x}", crate::ip::fnv1a64(&[bytes]))
-}
-
-fn read_capped(what: &str, path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read as _;
-    let f = std::fs::File::open(path)
-        .map_err(|e| Error::io(format!("open {what} {}", path.display()), e))?;
-    let mut buf = Vec::new();
-    f.take(MAX_FILE + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(format!("read {what} {}", path.display()), e))?;
-    if buf.len() as u64 > MAX_FILE {
-        return Err(Error::config(
-            what,
-            format!("{} is over {MAX_FILE} bytes", path.display()),
-        ));
-    }
-    Ok(buf)
 }
 
 /// `${NAME}` in `template` replaced by `vars[NAME]`; a name without a value

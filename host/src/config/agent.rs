@@ -181,8 +181,10 @@ pub struct AgentConf {
     pub routing: RoutingConf,
 }
 
-/// `path`'s contents, at most [`MAX_FILE`] bytes.
-fn read_capped(field: &str, path: &Path) -> Result<Vec<u8>> {
+/// `path`'s contents, at most [`MAX_FILE`] bytes (1 MiB); an error names
+/// `field`. For the files an admin hands Ohno: configs, templates, the
+/// etcd client files.
+pub(crate) fn read_capped(field: &str, path: &Path) -> Result<Vec<u8>> {
     use std::io::Read as _;
     let f = std::fs::File::open(path)
         .map_err(|e| Error::config(field, format!("{}: {e}", path.display())))?;
