@@ -121,11 +121,26 @@ struct RawStore {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 struct RawRuntimeConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     ips: Vec<String>,
     mac: Option<String>,
-    #[serde(rename = "io.kubernetes.cri.pod-annotations", default)]
+    #[serde(
+        rename = "io.kubernetes.cri.pod-annotations",
+        default,
+        deserialize_with = "null_as_empty"
+    )]
     pod_annotations: BTreeMap<String, String>,
+}
+
+/// A capability the runtime has no value for may arrive as `null`:
+/// containerd 1.6 sends `"io.kubernetes.cri.pod-annotations": null` for a
+/// pod without annotations. That is the empty value, not a bad config.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// A validated pool definition.
@@ -998,6 +1013,19 @@ mod tests {
         let mut v = base();
         v["runtimeConfig"] = json!({"mac": "zz"});
         assert!(field_error(v).contains("runtimeConfig.mac"));
+    }
+
+    #[test]
+    fn null_capabilities_in_runtime_config_are_empty() {
+        // containerd 1.6, for a pod without annotations.
+        let mut v = base();
+        v["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": null, "ips": null});
+        let c = NetConf::parse(v.to_string().as_bytes(), &[]).unwrap();
+        assert!(c.requests.pod_annotations.is_empty());
+        assert!(c.requests.ips.is_empty());
+        let mut v = base();
+        v["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": ["not", "a", "map"]});
+        assert!(NetConf::parse(v.to_string().as_bytes(), &[]).is_err());
     }
 
     #[test]
