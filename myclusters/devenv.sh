@@ -128,17 +128,9 @@ check_arch() {
     OHNO_ARCH=$want
 }
 
-free_ports() { # free_ports COUNT
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
+# free_ports COUNT (shared with local-cluster.sh)
+# shellcheck source=lib-ports.sh
+. "$HERE/lib-ports.sh"
 
 # Images for --images public must be present or pullable; say so before compose does.
 check_public_image() {
@@ -216,7 +208,6 @@ cmd_up() {
     if [ -f "$STATE" ]; then
         die "an environment is recorded in $DIR; devenv.sh down --dir $DIR first"
     fi
-    command -v python3 >/dev/null 2>&1 || [ "$PORTS" = default ] || die "--ports free needs python3"
 
     local etcd_image rust_image ports=() i
     if [ "$IMAGES" = local ]; then
