@@ -98,6 +98,7 @@ assemble() {
     local role=$1 dir=$2 entry src dst applet
     mkdir -p "$dir"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,etc,tmp,root,run,var/lib,lib64}
     chmod 1777 "$dir/tmp"
+    ln -s ../run "$dir/var/run" # as on Debian: /var/run/netns is /run/netns
     chmod 700 "$dir/root"
     while IFS= read -r entry; do
         src=${entry%%:*} dst=${entry#*:}
