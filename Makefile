@@ -61,3 +61,15 @@ bench: setup policies
 	$(CARGO) build --release -p ohno --bins
 	scripts/bench-cross-node.sh
 	scripts/bench-report.sh
+
+# The compose cluster of myclusters/ (three mutual-TLS etcd members, the
+# certificate generator, a dev container with the repository at /src) under
+# OHNO_DEVENV_DIR (default /tmp/ohno-devenv), waited on until healthy; images
+# built from this machine's Debian packages unless OHNO_DEVENV_IMAGES=public.
+# devenv-down removes it all; RMI=1 also the local images.
+.PHONY: devenv devenv-down
+devenv: setup
+	myclusters/devenv.sh up
+
+devenv-down:
+	myclusters/devenv.sh down $(if $(RMI),--rmi)

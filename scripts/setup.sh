@@ -28,6 +28,15 @@ PACKAGES=(
     iproute2 iputils-ping openssl valgrind linux-perf jq curl iperf3
 )
 
+# myclusters/devenv.sh (make devenv and its test in make test): busybox-static is the
+# shell of the images myclusters/local-images.sh builds; Debian's docker-compose (v1)
+# only where the docker CLI has no compose plugin. Docker Engine itself is the
+# machine's business: without one answering, that test skips.
+PACKAGES+=(busybox-static)
+if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+    PACKAGES+=(docker-compose)
+fi
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     # Captured, not piped into `grep -q`: an early-exiting grep can SIGPIPE
