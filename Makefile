@@ -23,7 +23,7 @@ test: setup policies
 # Policy components for wasm32-wasip2: target/wasm32-wasip2/release/<crate>.wasm
 # (crate names with underscores), used by the host's tests and the demo.
 policies:
-	$(CARGO) build --release --target wasm32-wasip2 -p namespace-pools -p sticky-statefulset -p no-quick-reuse -p pod-ifname -p hostile -p hostile-net -p policy-v1
+	$(CARGO) build --release --target wasm32-wasip2 -p namespace-pools -p annotation-pool -p sticky-statefulset -p no-quick-reuse -p pod-ifname -p hostile -p hostile-net -p policy-v1
 
 # rustfmt + clippy -D warnings: the workspace (all targets), the policies as
 # wasm32-wasip2 components, and the CNI core (ohno lib without default features).

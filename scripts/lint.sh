@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 NICE=(nice -n "${OHNO_NICE:-10}")
 
-POLICY_CRATES=(-p namespace-pools -p sticky-statefulset -p no-quick-reuse -p pod-ifname -p ohno-policy-sdk)
+POLICY_CRATES=(-p namespace-pools -p annotation-pool -p sticky-statefulset -p no-quick-reuse -p pod-ifname -p ohno-policy-sdk)
 
 failed=()
 step() {
