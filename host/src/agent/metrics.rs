@@ -113,6 +113,8 @@ pub struct Metrics {
     reconcile_changes: Counter,
     watch_restarts: Counter,
     last_sync: Gauge,
+    cleanup_leader: Gauge,
+    cleanup_released: Counter,
     /// When the pool gauges were last read from the store.
     pools_read: Mutex<Option<Instant>>,
 }
@@ -256,8 +258,22 @@ impl Metrics {
             Unit::Seconds,
             last_sync.clone(),
         );
+        let cleanup_leader = Gauge::default();
+        registry.register(
+            "node_cleanup_leader",
+            "1 while this agent holds the node clean-up lease (watches Kubernetes Nodes)",
+            cleanup_leader.clone(),
+        );
+        let cleanup_released = Counter::default();
+        registry.register(
+            "node_cleanup_released_nodes",
+            "Nodes deleted from Kubernetes whose blocks and record this agent released",
+            cleanup_released.clone(),
+        );
         Metrics {
             registry,
+            cleanup_leader,
+            cleanup_released,
             started: Instant::now(),
             routes,
             peers,
@@ -316,6 +332,14 @@ impl Metrics {
                 })
                 .set(n as i64);
         }
+    }
+
+    pub fn set_cleanup_leader(&self, leader: bool) {
+        self.cleanup_leader.set(i64::from(leader));
+    }
+
+    pub fn node_released(&self) {
+        self.cleanup_released.inc();
     }
 
     pub fn watch_restarted(&self) {

@@ -12,6 +12,7 @@
 //! - [`client`]: the plugin's connections and its named fallback clients;
 //! - [`spawn`]: the one way the plugin starts a process (`ohnod on-demand`);
 //! - [`routes`]: cross-node routes (node records, host-gw, vxlan), in `ohnod run`;
+//! - [`kube`]: releasing the blocks of Nodes deleted from Kubernetes, in `ohnod run`;
 //! - [`run`]: what `ohnod run` and `ohnod on-demand` set up;
 //! - [`install`]: `ohnod install` / `uninstall`;
 //! - [`metrics`], [`health`]: `/metrics`, `/healthz`, `/readyz`;
@@ -20,6 +21,8 @@
 pub mod client;
 pub mod health;
 pub mod install;
+#[cfg(feature = "kubernetes")]
+pub mod kube;
 pub mod logs;
 pub mod metrics;
 pub mod protocol;

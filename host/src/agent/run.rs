@@ -209,6 +209,19 @@ pub fn run(conf: AgentConf) -> i32 {
             .name("ohnod-ready".into())
             .spawn(move || watch_readiness(agent, stop));
     }
+    #[cfg(feature = "kubernetes")]
+    let cleanup = match super::kube::start(&conf, stop.clone(), metrics.clone()) {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::error!("node clean-up: {e}");
+            return 1;
+        }
+    };
+    #[cfg(not(feature = "kubernetes"))]
+    if conf.node_cleanup.is_some() {
+        log::error!("nodeCleanup: this build of ohnod has no Kubernetes support");
+        return 1;
+    }
     if let Err(e) = super::routes::start(&conf, stop.clone(), metrics, routes_status) {
         log::error!("routes: {e}");
         return 1;
@@ -228,6 +241,11 @@ pub fn run(conf: AgentConf) -> i32 {
         move || Ok(move |stream| services.handle(stream)),
     );
     stop.store(true, Ordering::SeqCst);
+    // The clean-up thread hands its lease on before the process ends.
+    #[cfg(feature = "kubernetes")]
+    if let Some(handle) = cleanup {
+        let _ = handle.join();
+    }
     match ended {
         Ok(Ended::Done) => {
             log::info!("stopped; every call drained");

@@ -13,13 +13,14 @@
 //!   "underlay": {"ipv4": "192.0.2.10", "ipv6": "2001:db8::10"},
 //!   "vxlan": {"name": "ohno.vx", "name6": "ohno.vx6", "vni": 4096, "port": 4789},
 //!   "routeProtocol": 111,
-//!   "resyncSeconds": 60
+//!   "resyncSeconds": 60,
+//!   "nodeCleanup": {"graceSeconds": 300, "leaseSeconds": 15}
 //! }
 //! ```
 //! Only `network` is required. `socket` defaults to `<ipam.lockDir>/ohnod.sock`
 //! of that network, where the plugin looks for it; `metricsAddress` "" turns
 //! the HTTP endpoints off. The routing fields are described in
-//! [`RoutingConf`].
+//! [`RoutingConf`], the Kubernetes node clean-up in [`NodeCleanupConf`].
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,13 @@ pub const DEFAULT_VXLAN_NAME: &str = "ohno.vx";
 pub const DEFAULT_VXLAN_NAME6: &str = "ohno.vx6";
 /// Full kernel read-back and node-record refresh, by default.
 pub const DEFAULT_RESYNC_SECONDS: u64 = 60;
+/// How long a Node must be gone from the Kubernetes API before its blocks
+/// are released, by default.
+pub const DEFAULT_NODE_GRACE_SECONDS: u64 = 300;
+/// The node clean-up lease, by default (Kubernetes' leader-election default).
+pub const DEFAULT_NODE_LEASE_SECONDS: u64 = 15;
+/// Where a pod finds its service account (the in-cluster defaults).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The largest config file read.
 const MAX_FILE: u64 = 1 << 20;
 
@@ -66,6 +74,101 @@ struct RawAgentConf {
     vxlan: Option<RawVxlan>,
     route_protocol: Option<u8>,
     resync_seconds: Option<u64>,
+    node_cleanup: Option<RawNodeCleanup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawNodeCleanup {
+    grace_seconds: Option<u64>,
+    lease_seconds: Option<u64>,
+    api_server: Option<String>,
+    token_file: Option<String>,
+    ca_file: Option<String>,
+}
+
+/// Releasing the blocks of Nodes deleted from Kubernetes (`nodeCleanup`;
+/// off when absent). One agent of the cluster at a time does it, by a lease
+/// in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCleanupConf {
+    /// How long a node must be absent from a complete view of the API before
+    /// it is re-checked and released.
+    pub grace: Duration,
+    /// The lease that keeps the work to one agent.
+    pub lease: Duration,
+    /// `https://host:port` (default: `KUBERNETES_SERVICE_HOST` and
+    /// `KUBERNETES_SERVICE_PORT`, as in every pod).
+    pub api_server: String,
+    /// The service account token, read again for every request (projected
+    /// tokens rotate).
+    pub token_file: PathBuf,
+    /// The CA that signs the API server's certificate.
+    pub ca_file: PathBuf,
+}
+
+impl NodeCleanupConf {
+    fn from_raw(raw: &RawNodeCleanup) -> Result<NodeCleanupConf> {
+        let seconds = |v: Option<u64>, default: u64, field: &str| -> Result<Duration> {
+            match v.unwrap_or(default) {
+                0 => Err(Error::config(field, "0 (want at least 1)")),
+                s => Ok(Duration::from_secs(s)),
+            }
+        };
+        let api_server = match &raw.api_server {
+            Some(s) => s.trim_end_matches('/').to_string(),
+            None => {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+                    Error::config(
+                        "nodeCleanup.apiServer",
+                        "not set, and KUBERNETES_SERVICE_HOST is not in the environment \
+                         (the agent is not in a pod): set it",
+                    )
+                })?;
+                let port =
+                    std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                if host.contains(':') {
+                    format!("https://[{host}]:{port}")
+                } else {
+                    format!("https://{host}:{port}")
+                }
+            }
+        };
+        if !api_server.starts_with("https://") {
+            return Err(Error::config(
+                "nodeCleanup.apiServer",
+                format!("{api_server:?} (want https://host:port)"),
+            ));
+        }
+        let file = |v: &Option<String>, name: &str, field: &str| -> Result<PathBuf> {
+            let p = v
+                .as_ref()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(SERVICE_ACCOUNT_DIR).join(name));
+            if !p.is_absolute() {
+                return Err(Error::config(
+                    field,
+                    format!("{} (want an absolute path)", p.display()),
+                ));
+            }
+            Ok(p)
+        };
+        Ok(NodeCleanupConf {
+            grace: seconds(
+                raw.grace_seconds,
+                DEFAULT_NODE_GRACE_SECONDS,
+                "nodeCleanup.graceSeconds",
+            )?,
+            lease: seconds(
+                raw.lease_seconds,
+                DEFAULT_NODE_LEASE_SECONDS,
+                "nodeCleanup.leaseSeconds",
+            )?,
+            api_server,
+            token_file: file(&raw.token_file, "token", "nodeCleanup.tokenFile")?,
+            ca_file: file(&raw.ca_file, "ca.crt", "nodeCleanup.caFile")?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +282,7 @@ pub struct AgentConf {
     pub log_level: log::LevelFilter,
     pub drain: Duration,
     pub routing: RoutingConf,
+    pub node_cleanup: Option<NodeCleanupConf>,
 }
 
 /// `path`'s contents, at most [`MAX_FILE`] bytes (1 MiB); an error names
@@ -239,6 +343,18 @@ impl AgentConf {
             Some(l) => super::parse_level("logLevel", l)?,
             None => log::LevelFilter::Info,
         };
+        let node_cleanup = match &raw.node_cleanup {
+            None => None,
+            Some(raw) => {
+                if !matches!(network.ipam.store, super::StoreConf::Etcd(_)) {
+                    return Err(Error::config(
+                        "nodeCleanup",
+                        "needs the etcd store (a node with the local store has no other nodes)",
+                    ));
+                }
+                Some(NodeCleanupConf::from_raw(raw)?)
+            }
+        };
         Ok(AgentConf {
             network_file,
             network,
@@ -247,6 +363,7 @@ impl AgentConf {
             log_level,
             drain: Duration::from_secs(raw.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS)),
             routing,
+            node_cleanup,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod lease;
 pub mod local;
 pub mod memory;
 pub mod watch;
