@@ -103,15 +103,7 @@ fn examples() -> Vec<Example> {
 }
 
 fn wasm_path(file: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release")
-        .join(format!("{file}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: build the policies first (`make policies`)",
-        path.display()
-    );
-    path.canonicalize().unwrap_or(path)
+    common::policy_component(file)
 }
 
 /// The same pools for every contender: every policy has what it needs.

@@ -43,15 +43,7 @@ fn etcd_lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// A component built by `make policies`.
 fn wasm(crate_name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release")
-        .join(format!("{crate_name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: build the policies first (`make policies`)",
-        path.display()
-    );
-    path.canonicalize().unwrap_or(path)
+    policy_component(crate_name)
 }
 
 /// The test's own lock directory, where the agent's socket goes.

@@ -37,15 +37,7 @@ fn exclusive() -> RwLockWriteGuard<'static, ()> {
 
 /// A component built by `make policies` (crate name with underscores).
 fn wasm(crate_name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release")
-        .join(format!("{crate_name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: build the policies first (`make policies`)",
-        path.display()
-    );
-    path.canonicalize().unwrap_or(path)
+    policy_component(crate_name)
 }
 
 fn cache_dir(node: &Node) -> PathBuf {

@@ -128,3 +128,17 @@ pub fn first_ipv4(result: &Value) -> (Ipv4Addr, u8, Option<Ipv4Addr>) {
     let gateway = ip["gateway"].as_str().and_then(|g| g.parse().ok());
     (addr, len, gateway)
 }
+
+/// A policy component `make policies` built:
+/// `target/wasm32-wasip2/release/<crate_name>.wasm` (underscores), canonical.
+pub fn policy_component(crate_name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release")
+        .join(format!("{crate_name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the policies first (`make policies`)",
+        path.display()
+    );
+    path.canonicalize().unwrap_or(path)
+}
