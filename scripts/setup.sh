@@ -22,10 +22,15 @@ cd "$(dirname "$0")/.."
 #   jq                          the demo script
 #   curl                        the agent's /metrics in the cross-node tests and the demo
 #   iperf3                      pod-to-pod throughput across nodes in the cross-node bench
+#   containerd runc busybox-static  the kubelet's path (CRI -> containerd -> ohno) in the
+#                               CRI test and bench: containerd 1.6 with its CRI plugin, its
+#                               runc shim, and the static busybox the pause image is built from
+#                               (protoc above also generates the CRI client)
 PACKAGES=(
     nftables etcd-server etcd-client containernetworking-plugins
     golang-go golang-github-appc-cni-dev protobuf-compiler libprotobuf-dev
     iproute2 iputils-ping openssl valgrind linux-perf jq curl iperf3
+    containerd runc busybox-static
 )
 
 # myclusters/devenv.sh (make devenv and its test in make test): busybox-static is the

@@ -446,7 +446,7 @@ fn assert_certificates_are_the_generators(env: &Devenv) {
         assert!(names.iter().any(|n| n == must), "{must} not in {names:?}");
     }
     let copies = env.dir.join("copies");
-    for service in ["etcd1", "etcd2", "etcd3", "dev"] {
+    for service in ["certgen", "etcd1", "etcd2", "etcd3", "dev"] {
         let id = env.container_id(service);
         let into = copies.join(service);
         std::fs::create_dir_all(&into).unwrap_or_else(|e| panic!("mkdir {into:?}: {e}"));

@@ -1,0 +1,731 @@
+//! containerd with its CRI plugin as the kubelet's runtime, for the CRI
+//! end-to-end test (`cri_e2e.rs`) and the CRI benchmark (`benches/cri.rs`).
+//!
+//! [`Containerd::start`] runs Debian's containerd 1.6 (CRI plugin, runc v2
+//! shim) with everything of its own: root, state, gRPC and ttrpc sockets, CNI
+//! bin and conf dirs, all under one directory, and a pause image built from
+//! `busybox-static` (`tests/cri-client/pause-image.sh`) and imported with
+//! `ctr`. The machine's own containerd (Docker's, say) is never addressed:
+//! nothing here uses a default path. The debug and metrics listeners are
+//! off; the streaming server listens on 127.0.0.1 port 0 of the throwaway
+//! namespace.
+//!
+//! The process enters, between fork and exec, the test's host network
+//! namespace (where the CNI plugins it execs then run, as on a node) and a
+//! private mount namespace with a fresh tmpfs on `/run` and on `/var/lib`.
+//! That keeps what containerd, libcni and the shims put in hard-coded places
+//! — shim sockets under `/run/containerd/s`, runc's state, the pod netns bind
+//! mounts in `/var/run/netns` (a link to `/run/netns`), libcni's result
+//! cache in `/var/lib/cni` (containerd 1.6 cannot move it) — and the rootfs
+//! overlay and shm mounts off the machine: they vanish with the namespace
+//! when the last of these processes exits. So nothing the CNI plugins run
+//! there may rely on `/var/lib` (the configs put every Ohno directory under
+//! the test's own). The pods' network namespaces are reached
+//! from outside through the pause process (`/proc/<pid>/ns/net`), whose PID
+//! containerd reports in the verbose `PodSandboxStatus`.
+//!
+//! Clean-up ([`Drop`]): every sandbox started through [`Containerd::run`]
+//! and not yet removed is stopped and removed (CNI DEL), containerd is
+//! stopped by its PID, then any process left in the pods' cgroup parent
+//! (pause processes of a killed shim) or named with this instance's socket
+//! (a shim) is killed by PID, the cgroup directories are removed, and any
+//! mount under the directory that reached this mount namespace (none is
+//! expected) is detached.
+#![allow(dead_code)] // the test and the bench use different parts
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cri_client::{CriClient, PodSandboxConfig, PodSandboxMetadata, PodSandboxState, Timeouts};
+use serde_json::Value;
+
+/// The sandbox image's name, as `pause-image.sh` tags it.
+pub const PAUSE_IMAGE: &str = "localhost/ohno-pause:1";
+/// How long containerd may take to serve CRI and to see the imported image.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long containerd may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// Why the CRI tier cannot run here, if it cannot: containerd, ctr or runc
+/// missing (`scripts/setup.sh` installs them).
+pub fn unavailable() -> Option<String> {
+    let missing: Vec<&str> = ["containerd", "ctr", "runc", "containerd-shim-runc-v2"]
+        .into_iter()
+        .filter(|b| which(b).is_none())
+        .collect();
+    if !Path::new("/bin/busybox").is_file() {
+        return Some("busybox-static (/bin/busybox) is not installed".into());
+    }
+    (!missing.is_empty()).then(|| format!("{} not found on PATH", missing.join(", ")))
+}
+
+/// A program on `PATH`, or in the sbin directories root's PATH has.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The repository root (the host crate's parent).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// What a containerd instance gets: the host netns it runs in, its
+/// directory, the conflist it loads and the plugins in its CNI bin dir.
+pub struct ContainerdConf<'a> {
+    /// `/var/run/netns/<name>` of the throwaway host namespace.
+    pub host_netns: String,
+    /// An empty directory of the caller's; everything goes under it.
+    pub dir: &'a Path,
+    /// The one network configuration (`max_conf_num` 1).
+    pub conflist: &'a Value,
+    /// Plugin name → executable, linked into the CNI bin dir. containerd
+    /// itself needs `loopback` (it brings up the pod's `lo`).
+    pub plugins: &'a [(&'a str, PathBuf)],
+}
+
+/// A running containerd and the sandboxes made through it.
+pub struct Containerd {
+    child: Child,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    /// The pods' cgroup parent, `/ohno-cri-<pid>-<n>` (cgroupfs driver).
+    pub cgroup_parent: String,
+    pub cri: CriClient,
+    live: Mutex<Vec<String>>,
+}
+
+/// One pod sandbox as the tests see it.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub id: String,
+    /// `PodSandboxStatus` network.ip.
+    pub ip: String,
+    /// The pause process, whose network namespace is the pod's.
+    pub pid: u32,
+}
+
+impl Sandbox {
+    /// `/proc/<pid>/ns/net` of the pause process.
+    pub fn netns(&self) -> String {
+        format!("/proc/{}/ns/net", self.pid)
+    }
+
+    /// Runs `argv` in the pod's network namespace.
+    pub fn exec(&self, argv: &[&str]) -> std::process::Output {
+        let netns = format!("--net={}", self.netns());
+        Command::new("nsenter")
+            .arg(netns)
+            .arg("--")
+            .args(argv)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("nsenter {argv:?} into sandbox {}: {e}", self.id))
+    }
+
+    /// Pings `addr` from inside the pod; three tries, one second each.
+    pub fn ping(&self, addr: &str) -> bool {
+        (0..3).any(|_| self.exec(&["ping", "-c1", "-W1", addr]).status.success())
+    }
+}
+
+impl Containerd {
+    /// Writes the config, the conflist and the bin dir, starts containerd,
+    /// waits until it serves CRI, imports the pause image and waits until
+    /// the CRI plugin knows it.
+    pub fn start(conf: &ContainerdConf) -> Containerd {
+        let dir = conf.dir.to_path_buf();
+        let bin_dir = dir.join("cni-bin");
+        let conf_dir = dir.join("net.d");
+        for d in [&bin_dir, &conf_dir, &dir.join("logs")] {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("create {d:?}: {e}"));
+        }
+        for (name, target) in conf.plugins {
+            let link = bin_dir.join(name);
+            std::os::unix::fs::symlink(target, &link)
+                .unwrap_or_else(|e| panic!("link {link:?} -> {target:?}: {e}"));
+        }
+        let conflist = serde_json::to_string_pretty(conf.conflist).unwrap_or_default();
+        let conflist_path = conf_dir.join("10-net.conflist");
+        std::fs::write(&conflist_path, conflist)
+            .unwrap_or_else(|e| panic!("write {conflist_path:?}: {e}"));
+
+        let socket = dir.join("containerd.sock");
+        let config = containerd_config(&dir, &socket, &bin_dir, &conf_dir);
+        let config_path = dir.join("containerd.toml");
+        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("{config_path:?}: {e}"));
+
+        let child =
+            spawn_in_namespaces(&conf.host_netns, &config_path, &dir.join("containerd.log"));
+        let cgroup_parent = format!(
+            "/ohno-cri-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // From here on, Drop cleans up whatever happens.
+        let mut guard = Starting {
+            child: Some(child),
+            dir: dir.clone(),
+        };
+        let cri = connect_when_ready(&socket, &mut guard);
+        import_pause_image(&dir, &socket, &cri, &mut guard);
+        let child = guard.child.take().unwrap_or_else(|| unreachable!());
+        Containerd {
+            child,
+            dir,
+            socket,
+            cgroup_parent,
+            cri,
+            live: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// containerd's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// A sandbox config for `pod` the way the kubelet builds one, with this
+    /// instance's log root and cgroup parent.
+    pub fn sandbox_config(
+        &self,
+        pod: &PodSandboxMetadata,
+        annotations: &[(&str, &str)],
+    ) -> PodSandboxConfig {
+        let annotations: BTreeMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        cri_client::pod_sandbox_config(
+            pod,
+            annotations,
+            &self.dir.join("logs"),
+            &self.cgroup_parent,
+        )
+    }
+
+    /// `RunPodSandbox`; the sandbox is remembered for clean-up on success.
+    pub fn run(&self, config: PodSandboxConfig) -> Result<String, cri_client::Error> {
+        let id = self.cri.run_pod_sandbox(config)?;
+        self.remember(&id);
+        Ok(id)
+    }
+
+    /// `RunPodSandbox` for every config concurrently, on one connection.
+    pub fn run_concurrently(
+        &self,
+        configs: Vec<PodSandboxConfig>,
+    ) -> Vec<Result<String, cri_client::Error>> {
+        let results = self.cri.run_pod_sandboxes(configs);
+        for id in results.iter().flatten() {
+            self.remember(id);
+        }
+        results
+    }
+
+    fn remember(&self, id: &str) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.to_owned());
+    }
+
+    /// The sandbox's address, pause PID and state from a verbose
+    /// `PodSandboxStatus`; panics unless it is `SANDBOX_READY`.
+    pub fn ready_sandbox(&self, id: &str) -> Sandbox {
+        let status = self
+            .cri
+            .pod_sandbox_status(id, true)
+            .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e}"));
+        let inner = status
+            .status
+            .as_ref()
+            .unwrap_or_else(|| panic!("PodSandboxStatus {id} has no status"));
+        assert_eq!(
+            inner.state(),
+            PodSandboxState::SandboxReady,
+            "sandbox {id} is not ready: {inner:?}"
+        );
+        let ip = inner
+            .network
+            .as_ref()
+            .map(|n| n.ip.clone())
+            .unwrap_or_default();
+        // containerd 1.6's verbose info: {"info": "{\"pid\": N, ...}"}.
+        let info: Value = status
+            .info
+            .get("info")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(Value::Null);
+        let pid = info["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .unwrap_or_else(|| panic!("sandbox {id}: no pause pid in the verbose status {info}"));
+        Sandbox {
+            id: id.to_owned(),
+            ip,
+            pid,
+        }
+    }
+
+    /// Whether `PodSandboxStatus` reports the sandbox ready.
+    pub fn is_ready(&self, id: &str) -> bool {
+        self.cri
+            .pod_sandbox_status(id, false)
+            .ok()
+            .and_then(|s| s.status)
+            .is_some_and(|s| s.state() == PodSandboxState::SandboxReady)
+    }
+
+    /// `StopPodSandbox` (the CNI DEL), panicking on an error.
+    pub fn stop(&self, id: &str) {
+        self.cri
+            .stop_pod_sandbox(id)
+            .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e}"));
+    }
+
+    /// `RemovePodSandbox`, panicking on an error; forgets the sandbox.
+    pub fn remove(&self, id: &str) {
+        self.cri
+            .remove_pod_sandbox(id)
+            .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e}"));
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s != id);
+    }
+
+    /// Stops and removes every sandbox still live, returning the errors.
+    pub fn remove_all(&self) -> Vec<String> {
+        let ids = std::mem::take(&mut *self.live.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut errors = Vec::new();
+        for id in ids {
+            if let Err(e) = self.cri.stop_pod_sandbox(&id) {
+                errors.push(format!("StopPodSandbox {id}: {e}"));
+            }
+            if let Err(e) = self.cri.remove_pod_sandbox(&id) {
+                errors.push(format!("RemovePodSandbox {id}: {e}"));
+            }
+        }
+        errors
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for e in self.remove_all() {
+            eprintln!("cri clean-up: {e}");
+        }
+        if std::thread::panicking() {
+            eprintln!("--- tail of containerd's log\n{}", tail(&self.log(), 6000));
+        }
+        stop_child(&mut self.child);
+        kill_leftovers(&self.socket, Some(&self.cgroup_parent));
+        detach_mounts_under(&self.dir);
+    }
+}
+
+/// Cleans up a containerd that has not finished starting.
+struct Starting {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            eprintln!(
+                "--- tail of containerd's log\n{}",
+                tail(
+                    &std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default(),
+                    6000
+                )
+            );
+            stop_child(child);
+            kill_leftovers(&self.dir.join("containerd.sock"), None);
+            detach_mounts_under(&self.dir);
+        }
+    }
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// containerd's config: everything under `dir`, no TCP listener but the
+/// streaming server on the namespace's loopback, no plugin that would write
+/// elsewhere (`opt` installs into /opt/containerd) or that the node lacks,
+/// no OOM score below containerd's.
+fn containerd_config(dir: &Path, socket: &Path, bin_dir: &Path, conf_dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = [
+  "io.containerd.internal.v1.opt",
+  "io.containerd.internal.v1.tracing",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "{socket}"
+
+[ttrpc]
+  address = "{socket}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  # The sandbox's OOM score no lower than containerd's own: lowering it
+  # needs CAP_SYS_RESOURCE, which a test machine's root may lack (runc then
+  # fails with "failed to update /proc/self/oom_score_adj").
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{bin}"
+    conf_dir = "{conf}"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+"#,
+        socket = socket.display(),
+        bin = bin_dir.display(),
+        conf = conf_dir.display(),
+    )
+}
+
+/// Starts containerd inside `netns` and a private mount namespace with a
+/// fresh tmpfs on `/run` and on `/var/lib`, its output to `log`.
+fn spawn_in_namespaces(netns: &str, config: &Path, log: &Path) -> Child {
+    let ns = File::open(netns).unwrap_or_else(|e| panic!("open {netns}: {e}"));
+    let out = File::create(log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
+    let err = out
+        .try_clone()
+        .unwrap_or_else(|e| panic!("dup {log:?}: {e}"));
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let fd = ns.as_raw_fd();
+    let root = c"/".to_owned();
+    let run = c"/run".to_owned();
+    let var_lib = c"/var/lib".to_owned();
+    let tmpfs = c"tmpfs".to_owned();
+    let mode = c"mode=0755".to_owned();
+    // SAFETY: between fork and exec only setns(2), unshare(2) and mount(2)
+    // run, all async-signal-safe, on a descriptor and strings made before
+    // the fork. If one fails, spawn fails and containerd never runs, so it
+    // never runs in the machine's own namespaces.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            check(libc::setns(fd, libc::CLONE_NEWNET))?;
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            for target in [&run, &var_lib] {
+                check(libc::mount(
+                    tmpfs.as_ptr(),
+                    target.as_ptr(),
+                    tmpfs.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    mode.as_ptr().cast(),
+                ))?;
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start containerd in {netns}: {e}"));
+    drop(ns);
+    child
+}
+
+/// Polls the socket until `Version` answers (bounded by [`READY_TIMEOUT`]).
+fn connect_when_ready(socket: &Path, guard: &mut Starting) -> CriClient {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("socket not there yet");
+    loop {
+        if let Some(child) = guard.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                guard.child = None;
+                panic!("containerd exited during start-up ({status}); see its log above");
+            }
+        }
+        if socket.exists() {
+            let timeouts = Timeouts {
+                connect: Duration::from_secs(1),
+                call: Duration::from_secs(120),
+            };
+            match CriClient::connect(socket, timeouts).and_then(|c| c.version().map(|v| (c, v))) {
+                Ok((client, version)) => {
+                    eprintln!(
+                        "cri: {} {} (CRI {}) on {}",
+                        version.runtime_name,
+                        version.runtime_version,
+                        version.runtime_api_version,
+                        socket.display()
+                    );
+                    return client;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containerd did not serve CRI on {} within {READY_TIMEOUT:?}: {last}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Builds the pause image (once per process) and imports it with `ctr`;
+/// waits until the CRI plugin lists it (it learns of images by events).
+fn import_pause_image(dir: &Path, socket: &Path, cri: &CriClient, _guard: &mut Starting) {
+    let tarball = pause_image();
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args([
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            "--snapshotter",
+            "overlayfs",
+        ])
+        .arg(tarball)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run ctr images import: {e}"));
+    assert!(
+        out.status.success(),
+        "ctr images import {} into {}: {}",
+        tarball.display(),
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        match cri.image_id(PAUSE_IMAGE) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(e) => panic!("ImageStatus {PAUSE_IMAGE}: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the CRI plugin did not list {PAUSE_IMAGE} within {READY_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `target/ohno-pause.tar`, built once per process by `pause-image.sh`
+/// (reproducible, and written by rename: concurrent builds agree).
+pub fn pause_image() -> &'static Path {
+    static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        let out = target.join("ohno-pause.tar");
+        let script = repo_root().join("tests/cri-client/pause-image.sh");
+        let run = Command::new(&script)
+            .arg(&out)
+            .arg(PAUSE_IMAGE)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {script:?}: {e}"));
+        assert!(
+            run.status.success(),
+            "{script:?} failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        out
+    })
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`], to our own child by PID.
+fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on our own unreaped child's PID.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Kills, by PID, what this containerd started and left: processes in the
+/// pods' cgroup parent (pause processes) and shims started for `socket`,
+/// then removes the cgroup directories.
+fn kill_leftovers(socket: &Path, cgroup_parent: Option<&str>) {
+    let needle = socket.to_string_lossy().into_owned();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_shim = args
+                .first()
+                .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
+                && args.iter().any(|a| a == &needle);
+            if is_shim {
+                // SAFETY: kill(2) on a shim that serves this instance only.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let Some(parent) = cgroup_parent else {
+        return;
+    };
+    for dir in cgroup_dirs(parent) {
+        for _ in 0..50 {
+            let mut procs = Vec::new();
+            collect_procs(&dir, &mut procs);
+            if procs.is_empty() {
+                break;
+            }
+            for pid in procs {
+                // SAFETY: kill(2) on a process in this instance's pod cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        remove_cgroup_tree(&dir);
+    }
+}
+
+/// The parent's directory in every mounted cgroup hierarchy.
+fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    let relative = parent.trim_start_matches('/');
+    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(relative)];
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for entry in entries.flatten() {
+            dirs.push(entry.path().join(relative));
+        }
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
+fn collect_procs(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_procs(&entry.path(), out);
+            }
+        }
+    }
+}
+
+/// cgroup directories are removed with rmdir, children first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        eprintln!("cri clean-up: rmdir {}: {e}", dir.display());
+    }
+}
+
+/// Lazily unmounts every mount of this mount namespace under `dir`,
+/// deepest first. containerd's mounts live in its private namespace, so
+/// none is expected; this only guards the directory's removal.
+fn detach_mounts_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        eprintln!("cri clean-up: unmounting {point}");
+        if let Ok(c) = CString::new(point) {
+            // SAFETY: umount2 with a valid C string; MNT_DETACH cannot hang.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
