@@ -179,8 +179,10 @@ impl Devenv {
             .unwrap_or_else(|| panic!("{key} not in devenv.sh env: {}", text(&out)))
     }
 
+    /// The container of `service`, running or not (`-a`: certgen has exited,
+    /// and compose v2 lists only running ones without it).
     fn container_id(&self, service: &str) -> String {
-        let out = self.compose(&["ps", "-q", service]);
+        let out = self.compose(&["ps", "-a", "-q", service]);
         assert!(out.status.success(), "compose ps {service}: {}", text(&out));
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         assert!(!id.is_empty(), "no container for {service}: {}", text(&out));
