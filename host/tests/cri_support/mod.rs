@@ -33,19 +33,22 @@
 //! expected) is detached.
 #![allow(dead_code)] // the test and the bench use different parts
 
+mod cleanup;
+mod spawn;
+
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cri_client::{CriClient, PodSandboxConfig, PodSandboxMetadata, PodSandboxState, Timeouts};
+use cri_client::{CriClient, PodSandboxConfig, PodSandboxMetadata, PodSandboxState};
 use serde_json::Value;
+
+use crate::common::tail;
+use cleanup::{detach_mounts_under, kill_leftovers, stop_child};
+use spawn::{connect_when_ready, containerd_config, import_pause_image, spawn_in_namespaces};
 
 /// The sandbox image's name, as `pause-image.sh` tags it.
 pub const PAUSE_IMAGE: &str = "localhost/ohno-pause:1";
@@ -183,9 +186,14 @@ impl Containerd {
             child: Some(child),
             dir: dir.clone(),
         };
-        let cri = connect_when_ready(&socket, &mut guard);
-        import_pause_image(&dir, &socket, &cri, &mut guard);
-        let child = guard.child.take().unwrap_or_else(|| unreachable!());
+        let Some(child) = guard.child.as_mut() else {
+            unreachable!("the start-up guard holds containerd until it is ready")
+        };
+        let cri = connect_when_ready(&socket, child);
+        import_pause_image(&dir, &socket, &cri);
+        let Some(child) = guard.child.take() else {
+            unreachable!("the start-up guard holds containerd until it is ready")
+        };
         Containerd {
             child,
             dir,
@@ -361,371 +369,6 @@ impl Drop for Starting {
             stop_child(child);
             kill_leftovers(&self.dir.join("containerd.sock"), None);
             detach_mounts_under(&self.dir);
-        }
-    }
-}
-
-fn tail(s: &str, max: usize) -> &str {
-    let mut start = s.len().saturating_sub(max);
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    &s[start..]
-}
-
-/// containerd's config: everything under `dir`, no TCP listener but the
-/// streaming server on the namespace's loopback, no plugin that would write
-/// elsewhere (`opt` installs into /opt/containerd) or that the node lacks,
-/// no OOM score below containerd's.
-fn containerd_config(dir: &Path, socket: &Path, bin_dir: &Path, conf_dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = [
-  "io.containerd.internal.v1.opt",
-  "io.containerd.internal.v1.tracing",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-
-[grpc]
-  address = "{socket}"
-
-[ttrpc]
-  address = "{socket}.ttrpc"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  enable_selinux = false
-  # The sandbox's OOM score no lower than containerd's own: lowering it
-  # needs CAP_SYS_RESOURCE, which a test machine's root may lack (runc then
-  # fails with "failed to update /proc/self/oom_score_adj").
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{bin}"
-    conf_dir = "{conf}"
-    max_conf_num = 1
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-"#,
-        socket = socket.display(),
-        bin = bin_dir.display(),
-        conf = conf_dir.display(),
-    )
-}
-
-/// Starts containerd inside `netns` and a private mount namespace with a
-/// fresh tmpfs on `/run` and on `/var/lib`, its output to `log`.
-fn spawn_in_namespaces(netns: &str, config: &Path, log: &Path) -> Child {
-    let ns = File::open(netns).unwrap_or_else(|e| panic!("open {netns}: {e}"));
-    let out = File::create(log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
-    let err = out
-        .try_clone()
-        .unwrap_or_else(|e| panic!("dup {log:?}: {e}"));
-    let mut cmd = Command::new("containerd");
-    cmd.arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    let fd = ns.as_raw_fd();
-    let root = c"/".to_owned();
-    let run = c"/run".to_owned();
-    let var_lib = c"/var/lib".to_owned();
-    let tmpfs = c"tmpfs".to_owned();
-    let mode = c"mode=0755".to_owned();
-    // SAFETY: between fork and exec only setns(2), unshare(2) and mount(2)
-    // run, all async-signal-safe, on a descriptor and strings made before
-    // the fork. If one fails, spawn fails and containerd never runs, so it
-    // never runs in the machine's own namespaces.
-    unsafe {
-        cmd.pre_exec(move || {
-            let check = |rc: libc::c_int| {
-                if rc == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            };
-            check(libc::setns(fd, libc::CLONE_NEWNET))?;
-            check(libc::unshare(libc::CLONE_NEWNS))?;
-            check(libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            for target in [&run, &var_lib] {
-                check(libc::mount(
-                    tmpfs.as_ptr(),
-                    target.as_ptr(),
-                    tmpfs.as_ptr(),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    mode.as_ptr().cast(),
-                ))?;
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("start containerd in {netns}: {e}"));
-    drop(ns);
-    child
-}
-
-/// Polls the socket until `Version` answers (bounded by [`READY_TIMEOUT`]).
-fn connect_when_ready(socket: &Path, guard: &mut Starting) -> CriClient {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut last = String::from("socket not there yet");
-    loop {
-        if let Some(child) = guard.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                guard.child = None;
-                panic!("containerd exited during start-up ({status}); see its log above");
-            }
-        }
-        if socket.exists() {
-            let timeouts = Timeouts {
-                connect: Duration::from_secs(1),
-                call: Duration::from_secs(120),
-            };
-            match CriClient::connect(socket, timeouts).and_then(|c| c.version().map(|v| (c, v))) {
-                Ok((client, version)) => {
-                    eprintln!(
-                        "cri: {} {} (CRI {}) on {}",
-                        version.runtime_name,
-                        version.runtime_version,
-                        version.runtime_api_version,
-                        socket.display()
-                    );
-                    return client;
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "containerd did not serve CRI on {} within {READY_TIMEOUT:?}: {last}",
-            socket.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Builds the pause image (once per process) and imports it with `ctr`;
-/// waits until the CRI plugin lists it (it learns of images by events).
-fn import_pause_image(dir: &Path, socket: &Path, cri: &CriClient, _guard: &mut Starting) {
-    let tarball = pause_image();
-    let out = Command::new("ctr")
-        .arg("--address")
-        .arg(socket)
-        .args([
-            "-n",
-            "k8s.io",
-            "images",
-            "import",
-            "--snapshotter",
-            "overlayfs",
-        ])
-        .arg(tarball)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run ctr images import: {e}"));
-    assert!(
-        out.status.success(),
-        "ctr images import {} into {}: {}",
-        tarball.display(),
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        match cri.image_id(PAUSE_IMAGE) {
-            Ok(Some(_)) => return,
-            Ok(None) => {}
-            Err(e) => panic!("ImageStatus {PAUSE_IMAGE}: {e}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the CRI plugin did not list {PAUSE_IMAGE} within {READY_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `target/ohno-pause.tar`, built once per process by `pause-image.sh`
-/// (reproducible, and written by rename: concurrent builds agree).
-pub fn pause_image() -> &'static Path {
-    static IMAGE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"));
-        let out = target.join("ohno-pause.tar");
-        let script = repo_root().join("tests/cri-client/pause-image.sh");
-        let run = Command::new(&script)
-            .arg(&out)
-            .arg(PAUSE_IMAGE)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run {script:?}: {e}"));
-        assert!(
-            run.status.success(),
-            "{script:?} failed: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        out
-    })
-}
-
-/// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`], to our own child by PID.
-fn stop_child(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) on our own unreaped child's PID.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// Kills, by PID, what this containerd started and left: processes in the
-/// pods' cgroup parent (pause processes) and shims started for `socket`,
-/// then removes the cgroup directories.
-fn kill_leftovers(socket: &Path, cgroup_parent: Option<&str>) {
-    let needle = socket.to_string_lossy().into_owned();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let is_shim = args
-                .first()
-                .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
-                && args.iter().any(|a| a == &needle);
-            if is_shim {
-                // SAFETY: kill(2) on a shim that serves this instance only.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-    let Some(parent) = cgroup_parent else {
-        return;
-    };
-    for dir in cgroup_dirs(parent) {
-        for _ in 0..50 {
-            let mut procs = Vec::new();
-            collect_procs(&dir, &mut procs);
-            if procs.is_empty() {
-                break;
-            }
-            for pid in procs {
-                // SAFETY: kill(2) on a process in this instance's pod cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        remove_cgroup_tree(&dir);
-    }
-}
-
-/// The parent's directory in every mounted cgroup hierarchy.
-fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
-    let relative = parent.trim_start_matches('/');
-    let mut dirs = vec![Path::new("/sys/fs/cgroup").join(relative)];
-    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-        for entry in entries.flatten() {
-            dirs.push(entry.path().join(relative));
-        }
-    }
-    dirs.into_iter().filter(|d| d.is_dir()).collect()
-}
-
-fn collect_procs(dir: &Path, out: &mut Vec<i32>) {
-    if let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-        out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                collect_procs(&entry.path(), out);
-            }
-        }
-    }
-}
-
-/// cgroup directories are removed with rmdir, children first.
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&entry.path());
-            }
-        }
-    }
-    if let Err(e) = std::fs::remove_dir(dir) {
-        eprintln!("cri clean-up: rmdir {}: {e}", dir.display());
-    }
-}
-
-/// Lazily unmounts every mount of this mount namespace under `dir`,
-/// deepest first. containerd's mounts live in its private namespace, so
-/// none is expected; this only guards the directory's removal.
-fn detach_mounts_under(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let prefix = dir.to_string_lossy().into_owned();
-    let mut points: Vec<String> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for point in points {
-        eprintln!("cri clean-up: unmounting {point}");
-        if let Ok(c) = CString::new(point) {
-            // SAFETY: umount2 with a valid C string; MNT_DETACH cannot hang.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     }
 }
