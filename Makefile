@@ -53,11 +53,11 @@ coverage: setup policies
 	scripts/setup-coverage.sh
 	scripts/coverage.sh
 
-# Every benchmark in one run (the CNI and policy benches, then the cross-node
+# Every benchmark in one run (the CNI, policy and CRI benches, then the cross-node
 # bench on a simulated cluster); docs/bench/ gets the Markdown report and the
 # ADD-latency chart, with the machine they ran on.
 bench: setup policies
-	$(CARGO) bench -p ohno --bench cni --bench policy
+	$(CARGO) bench -p ohno --bench cni --bench policy --bench cri
 	$(CARGO) build --release -p ohno --bins
 	scripts/bench-cross-node.sh
 	scripts/bench-report.sh

@@ -20,7 +20,7 @@ python3 scripts/bench-chart.py "$out/add-latency.png" "${samples[@]}"
     echo
     echo "![ADD latency by configuration](add-latency.png)"
     echo
-    for f in target/bench/report.md target/bench/policy.md target/bench/cross-node.md; do
+    for f in target/bench/report.md target/bench/policy.md target/bench/cri.md target/bench/cross-node.md; do
         if [[ -f $f ]]; then
             # Demote the reports' own titles one level.
             sed -E 's/^(#+) /#\1 /' "$f"
