@@ -32,6 +32,16 @@ PACKAGES=(
     iproute2 iputils-ping openssl valgrind linux-perf jq curl iperf3
     containerd runc busybox-static
 )
+# Docker's containerd.io package ships containerd, ctr, the runc shim and runc,
+# and conflicts with Debian's containerd and runc: where it is installed, the CRI
+# tests use it as it is.
+if [[ $(dpkg -s containerd.io 2>/dev/null || true) == *"Status: install ok installed"* ]]; then
+    kept=()
+    for pkg in "${PACKAGES[@]}"; do
+        [[ $pkg == containerd || $pkg == runc ]] || kept+=("$pkg")
+    done
+    PACKAGES=("${kept[@]}")
+fi
 
 # myclusters/devenv.sh (make devenv and its test in make test): busybox-static is the
 # shell of the images myclusters/local-images.sh builds; Debian's docker-compose (v1)
