@@ -200,6 +200,18 @@ take_down() {
     return "$rc"
 }
 
+# up failed after writing its state: take down what it started, and remove DIR if up
+# made it (a directory the caller had stays, without the state).
+up_failed() {
+    log "up failed; taking down what it started"
+    compose logs --no-color --tail 10 >&2 || true
+    if take_down && [ "$CREATED_DIR" -eq 1 ]; then
+        rm -rf "$DIR"
+    else
+        rm -f "$STATE"
+    fi
+}
+
 # ---------------------------------------------------------------- commands
 cmd_up() {
     engine_answers
@@ -240,6 +252,8 @@ cmd_up() {
         fi
     fi
 
+    CREATED_DIR=0
+    [ -e "$DIR" ] || CREATED_DIR=1
     mkdir -p "$DIR/pki"
     for i in 1 2 3; do
         mkdir -p "$DIR/etcd$i"
@@ -262,7 +276,7 @@ cmd_up() {
     } >"$STATE.tmp"
     mv -f "$STATE.tmp" "$STATE"
 
-    trap 'rc=$?; trap - EXIT; if [ "$rc" -ne 0 ]; then log "up failed; taking down what it started"; compose logs --no-color --tail 10 >&2 || true; take_down || true; rm -f "$STATE"; fi; exit "$rc"' EXIT
+    trap 'rc=$?; trap - EXIT; [ "$rc" -eq 0 ] || up_failed; exit "$rc"' EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
     log "project $PROJECT in $DIR: etcd $etcd_image, dev $rust_image, ports ${ports[*]}"
