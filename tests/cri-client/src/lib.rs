@@ -129,13 +129,7 @@ impl CriClient {
         let request = VersionRequest {
             version: CRI_VERSION.to_owned(),
         };
-        self.rt
-            .block_on(client.version(request))
-            .map(tonic::Response::into_inner)
-            .map_err(|status| Error::Call {
-                call: "Version",
-                status,
-            })
+        self.call("Version", client.version(request))
     }
 
     /// `RunPodSandbox` with the default runtime handler: the sandbox's id.
@@ -179,13 +173,7 @@ impl CriClient {
             pod_sandbox_id: id.to_owned(),
             verbose,
         };
-        self.rt
-            .block_on(client.pod_sandbox_status(request))
-            .map(tonic::Response::into_inner)
-            .map_err(|status| Error::Call {
-                call: "PodSandboxStatus",
-                status,
-            })
+        self.call("PodSandboxStatus", client.pod_sandbox_status(request))
     }
 
     /// `StopPodSandbox`: the runtime tears the network down (CNI DEL).
@@ -194,13 +182,8 @@ impl CriClient {
         let request = StopPodSandboxRequest {
             pod_sandbox_id: id.to_owned(),
         };
-        self.rt
-            .block_on(client.stop_pod_sandbox(request))
+        self.call("StopPodSandbox", client.stop_pod_sandbox(request))
             .map(drop)
-            .map_err(|status| Error::Call {
-                call: "StopPodSandbox",
-                status,
-            })
     }
 
     /// `RemovePodSandbox`.
@@ -209,13 +192,8 @@ impl CriClient {
         let request = RemovePodSandboxRequest {
             pod_sandbox_id: id.to_owned(),
         };
-        self.rt
-            .block_on(client.remove_pod_sandbox(request))
+        self.call("RemovePodSandbox", client.remove_pod_sandbox(request))
             .map(drop)
-            .map_err(|status| Error::Call {
-                call: "RemovePodSandbox",
-                status,
-            })
     }
 
     /// `ImageStatus`: the image's id if the runtime knows `image`.
@@ -227,13 +205,20 @@ impl CriClient {
             }),
             verbose: false,
         };
+        self.call("ImageStatus", client.image_status(request))
+            .map(|r| r.image.map(|i| i.id))
+    }
+
+    /// Runs one call to completion; a gRPC error becomes [`Error::Call`].
+    fn call<T>(
+        &self,
+        call: &'static str,
+        response: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, Error> {
         self.rt
-            .block_on(client.image_status(request))
-            .map(|r| r.into_inner().image.map(|i| i.id))
-            .map_err(|status| Error::Call {
-                call: "ImageStatus",
-                status,
-            })
+            .block_on(response)
+            .map(tonic::Response::into_inner)
+            .map_err(|status| Error::Call { call, status })
     }
 }
 
