@@ -574,25 +574,6 @@ fn etcd_conf(etcd: &EtcdNode, prefix: &str) -> EtcdConf {
     }
 }
 
-fn reference_conf(node: &Node) -> Value {
-    json!({
-        "cniVersion": REFERENCE_VERSION,
-        "name": NETWORK,
-        "type": "bridge",
-        "bridge": "cni0",
-        "mtu": 1500,
-        "isGateway": true,
-        "isDefaultGateway": true,
-        "ipMasq": false,
-        "hairpinMode": false,
-        "ipam": {
-            "type": "host-local",
-            "ranges": [[{ "subnet": "10.88.0.0/16" }]],
-            "dataDir": node.dir.path().join("host-local")
-        }
-    })
-}
-
 // ------------------------------------------------------------------ stats
 
 /// Samples in milliseconds (0.01 ms), for `samples.json`.
@@ -1258,7 +1239,7 @@ fn main() {
             label: "reference bridge + host-local".into(),
             host: &ref_host,
             binary: ref_bin,
-            conf: reference_conf(&ref_node),
+            conf: support::reference_conf(&ref_node, NETWORK),
             bridge: "cni0".into(),
         }),
     ];

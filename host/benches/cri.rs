@@ -29,6 +29,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{ohno_binary, Node, REFERENCE_PLUGINS, REFERENCE_VERSION};
@@ -65,22 +66,10 @@ fn ohno_conflist(node: &Node) -> Value {
     json!({ "cniVersion": REFERENCE_VERSION, "name": "podnet", "plugins": [plugin] })
 }
 
-/// The reference: `bridge` + `host-local`, as in the CNI bench.
+/// The reference `bridge` + `host-local`, as in the CNI bench.
 fn reference_conflist(node: &Node) -> Value {
-    json!({ "cniVersion": REFERENCE_VERSION, "name": "podnet", "plugins": [{
-        "type": "bridge",
-        "bridge": "cni0",
-        "mtu": 1500,
-        "isGateway": true,
-        "isDefaultGateway": true,
-        "ipMasq": false,
-        "hairpinMode": false,
-        "ipam": {
-            "type": "host-local",
-            "ranges": [[{ "subnet": "10.88.0.0/16" }]],
-            "dataDir": node.dir.path().join("host-local")
-        }
-    }]})
+    json!({ "cniVersion": REFERENCE_VERSION, "name": "podnet",
+            "plugins": [support::reference_conf(node, "podnet")] })
 }
 
 fn start(
@@ -136,6 +125,16 @@ fn wait_ready(cri: &Containerd, id: &str) {
     }
 }
 
+/// `YYYY-MM-DD` (UTC), as `date -u` prints it.
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn ratio(a: f64, b: f64) -> String {
     format!("{:.2}×", a / b)
 }
@@ -154,6 +153,10 @@ fn main() {
     let n = env_usize("OHNO_BENCH_CRI_N", 20);
     let mut report = Report::new();
     report.add("# CRI bench: the kubelet's path\n\n");
+    report.para(&format!(
+        "Run on {} (`cargo bench -p ohno --bench cri`, part of `make bench`).",
+        today()
+    ));
     report.para(&support::machine(" at start"));
 
     let ohno = ohno_binary();

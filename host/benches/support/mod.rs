@@ -82,6 +82,31 @@ impl Host {
     }
 }
 
+// ------------------------------------------------------------------ contenders
+
+/// Debian's reference `bridge` + `host-local` as the benches run it against
+/// Ohno: bridge `cni0` as gateway, MTU 1500, no masquerade, host-local's
+/// files in `node`'s directory. A network config of its own; inside a
+/// conflist the runtime overrides `name` and `cniVersion` with the list's.
+pub fn reference_conf(node: &crate::common::Node, network: &str) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": crate::common::REFERENCE_VERSION,
+        "name": network,
+        "type": "bridge",
+        "bridge": "cni0",
+        "mtu": 1500,
+        "isGateway": true,
+        "isDefaultGateway": true,
+        "ipMasq": false,
+        "hairpinMode": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{ "subnet": "10.88.0.0/16" }]],
+            "dataDir": node.dir.path().join("host-local")
+        }
+    })
+}
+
 // ------------------------------------------------------------------ stats
 
 /// Nearest-rank percentile, in milliseconds.
