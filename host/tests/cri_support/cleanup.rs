@@ -28,40 +28,50 @@ pub(super) fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Kills, by PID, what this containerd started and left: processes in the
-/// pods' cgroup parent (pause processes) and shims started for `socket`,
+/// Kills, by PID, what this containerd started and left: shims started for
+/// `socket` and processes in the pods' cgroup parent (pause processes),
 /// then removes the cgroup directories.
 pub(super) fn kill_leftovers(socket: &Path, cgroup_parent: Option<&str>) {
-    let needle = socket.to_string_lossy().into_owned();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
+    kill_shims(socket);
+    if let Some(parent) = cgroup_parent {
+        remove_pod_cgroups(parent);
+    }
+}
+
+/// Every process's PID and command line.
+fn processes() -> Vec<(i32, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args = cmdline
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            let is_shim = args
-                .first()
-                .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
-                && args.iter().any(|a| a == &needle);
-            if is_shim {
-                // SAFETY: kill(2) on a shim that serves this instance only.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            Some((pid, args))
+        })
+        .collect()
+}
+
+fn kill_shims(socket: &Path) {
+    let needle = socket.to_string_lossy().into_owned();
+    for (pid, args) in processes() {
+        let is_shim = args
+            .first()
+            .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
+            && args.iter().any(|a| a == &needle);
+        if is_shim {
+            // SAFETY: kill(2) on a shim that serves this instance only.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-    let Some(parent) = cgroup_parent else {
-        return;
-    };
+}
+
+fn remove_pod_cgroups(parent: &str) {
     for dir in cgroup_dirs(parent) {
         for _ in 0..50 {
             let mut procs = Vec::new();
@@ -76,6 +86,65 @@ pub(super) fn kill_leftovers(socket: &Path, cgroup_parent: Option<&str>) {
             std::thread::sleep(Duration::from_millis(20));
         }
         remove_cgroup_tree(&dir);
+    }
+}
+
+/// What harness processes that were killed (no Drop ran) left: containerd
+/// instances whose config is `<tmp>/ohno-t-<pid>-…/containerd.toml`
+/// (`common::unique_name`) and pod cgroups `/ohno-cri-<pid>-<n>`, for a
+/// `<pid>` that no longer exists. They are killed by PID with their shims
+/// and pods, and the cgroups removed.
+pub(super) fn sweep_dead_harnesses() {
+    let gone = |pid: &str| !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists();
+    let tmp = std::env::temp_dir().join("ohno-t-");
+    let tmp = tmp.to_string_lossy();
+    for (pid, args) in processes() {
+        let is_containerd = args
+            .first()
+            .is_some_and(|a| Path::new(a).file_name() == Some("containerd".as_ref()));
+        let config = args
+            .iter()
+            .skip_while(|a| *a != "--config")
+            .nth(1)
+            .filter(|c| c.ends_with("/containerd.toml"));
+        let Some(config) = config.filter(|_| is_containerd) else {
+            continue;
+        };
+        let Some(owner) = config.strip_prefix(tmp.as_ref()) else {
+            continue;
+        };
+        let owner: String = owner.chars().take_while(char::is_ascii_digit).collect();
+        if gone(&owner) {
+            eprintln!("cri clean-up: containerd {pid} of the dead harness {owner}");
+            // SAFETY: kill(2) on a containerd a harness process started
+            // with its own config, that harness being gone.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            kill_shims(&Path::new(config).with_file_name("containerd.sock"));
+        }
+    }
+    let mut parents = std::collections::BTreeSet::new();
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for entry in std::fs::read_dir(hierarchy.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix("ohno-cri-") {
+                let owner: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                if gone(&owner) {
+                    parents.insert(format!("/{name}"));
+                }
+            }
+        }
+    }
+    for parent in parents {
+        eprintln!("cri clean-up: pod cgroups {parent} of a dead harness");
+        remove_pod_cgroups(&parent);
     }
 }
 

@@ -30,7 +30,9 @@
 //! (pause processes of a killed shim) or named with this instance's socket
 //! (a shim) is killed by PID, the cgroup directories are removed, and any
 //! mount under the directory that reached this mount namespace (none is
-//! expected) is detached.
+//! expected) is detached. A harness process killed outright runs no Drop:
+//! the first start in a later process kills, by PID, the containerd, shims
+//! and pods such a dead process left (`cleanup::sweep_dead_harnesses`).
 #![allow(dead_code)] // the test and the bench use different parts
 
 mod cleanup;
@@ -47,7 +49,7 @@ use cri_client::{CriClient, PodSandboxConfig, PodSandboxMetadata, PodSandboxStat
 use serde_json::Value;
 
 use crate::common::tail;
-use cleanup::{detach_mounts_under, kill_leftovers, stop_child};
+use cleanup::{detach_mounts_under, kill_leftovers, stop_child, sweep_dead_harnesses};
 use spawn::{connect_when_ready, containerd_config, import_pause_image, spawn_in_namespaces};
 
 /// The sandbox image's name, as `pause-image.sh` tags it.
@@ -153,6 +155,8 @@ impl Containerd {
     /// waits until it serves CRI, imports the pause image and waits until
     /// the CRI plugin knows it.
     pub fn start(conf: &ContainerdConf) -> Containerd {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(sweep_dead_harnesses);
         let dir = conf.dir.to_path_buf();
         let bin_dir = dir.join("cni-bin");
         let conf_dir = dir.join("net.d");
