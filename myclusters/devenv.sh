@@ -26,8 +26,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 COMPOSE_FILE=$HERE/compose.yaml
 TIMEOUT=${OHNO_DEVENV_TIMEOUT:-120}
-# The health check of the issue, as etcdctl arguments (run inside a member's container).
-HEALTH_ARGS=(etcdctl --endpoints=https://etcd1:2379,https://etcd2:2379,https://etcd3:2379
+# The health check, run inside a member's container: etcdctl is at /usr/local/bin in
+# the quay.io image (distroless: no shell to find it) and in the local one.
+HEALTH_ARGS=(/usr/local/bin/etcdctl --endpoints=https://etcd1:2379,https://etcd2:2379,https://etcd3:2379
     --cacert=/etc/etcd/pki/ca.pem --cert=/etc/etcd/pki/etcd.pem --key=/etc/etcd/pki/etcd-key.pem
     --write-out=table endpoint health)
 
