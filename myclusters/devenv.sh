@@ -117,7 +117,7 @@ check_arch() {
     local want host
     want=$(arch_name "${OHNO_ARCH:-$(uname -m)}")
     host=$(arch_name "$(uname -m)")
-    case $want in x86_64|aarch64) ;; *) die "OHNO_ARCH=$OHNO_ARCH: compose.yaml knows x86_64 and aarch64" ;; esac
+    case $want in x86_64|aarch64) ;; *) die "OHNO_ARCH=$want: compose.yaml knows x86_64 and aarch64" ;; esac
     if [ "$want" != "$host" ]; then
         if [ "$IMAGES" = local ]; then
             die "OHNO_ARCH=$want, but this machine is $host: the local images are built from this machine's own $host binaries. Unset OHNO_ARCH, or use --images public on a machine that can run $want images"
