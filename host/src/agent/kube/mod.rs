@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use self::api::{Api, Watch};
+use self::api::{Api, ApiError, Watch};
 use self::view::{Absences, Clock, NodeView, OhnoNode};
 use super::metrics::Metrics;
 use crate::config::agent::{AgentConf, NodeCleanupConf};
@@ -130,7 +130,7 @@ impl Cleanup {
             backoff,
             ..
         } = self;
-        let api = match api {
+        let client = match api {
             Some(a) => a,
             None => match Api::new(conf) {
                 Ok(a) => api.insert(a),
@@ -142,7 +142,7 @@ impl Cleanup {
         };
         let f = match following {
             Some(f) => f,
-            None => match api.list_nodes() {
+            None => match client.list_nodes() {
                 Ok((names, rv)) => {
                     log::info!(
                         "node clean-up: lease held; {} Nodes at resource version {rv}",
@@ -157,13 +157,17 @@ impl Cleanup {
                 }
                 Err(e) => {
                     log::warn!("node clean-up: list Nodes: {e}");
+                    if matches!(e, ApiError::Other(_)) {
+                        // Connect again from scratch (a rotated CA, say).
+                        *api = None;
+                    }
                     return Some(pause_after_error(backoff));
                 }
             },
         };
         let watch = match &mut f.watch {
             Some(w) => w,
-            None => match api.watch_nodes(&f.view.resource_version) {
+            None => match client.watch_nodes(&f.view.resource_version) {
                 Ok(w) => f.watch.insert(w),
                 Err(e) => {
                     // Until a watch follows the view again it may miss
@@ -171,6 +175,9 @@ impl Cleanup {
                     log::warn!("node clean-up: watch Nodes: {e}");
                     if e.is_expired() {
                         *following = None;
+                    }
+                    if matches!(e, ApiError::Other(_)) {
+                        *api = None;
                     }
                     return Some(pause_after_error(backoff));
                 }
@@ -185,7 +192,7 @@ impl Cleanup {
         let until = sweep_at.min(Instant::now() + conf.lease / 4);
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            match api.next_event(watch, left.max(Duration::from_millis(1))) {
+            match client.next_event(watch, left.max(Duration::from_millis(1))) {
                 Ok(Some(ev)) => {
                     log::debug!("node clean-up: {ev:?}");
                     if !f.view.apply(&ev) {
