@@ -57,8 +57,11 @@ fn processes() -> Vec<(i32, Vec<String>)> {
         .collect()
 }
 
+/// SIGKILLs the shims started for `socket` and waits (bounded) until they
+/// are gone: a dying shim still writes in the state directory.
 fn kill_shims(socket: &Path) {
     let needle = socket.to_string_lossy().into_owned();
+    let mut killed = Vec::new();
     for (pid, args) in processes() {
         let is_shim = args
             .first()
@@ -67,7 +70,41 @@ fn kill_shims(socket: &Path) {
         if is_shim {
             // SAFETY: kill(2) on a shim that serves this instance only.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed.push(pid);
         }
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while killed.iter().any(|pid| is_running(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` exists and is not a zombie (a zombie holds no files).
+fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // `pid (comm) state …`: the state follows the last `)`.
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Removes `dir`, retrying a few times: a process that has just exited may
+/// still have been writing into it.
+pub(super) fn remove_dir(dir: &Path) {
+    let mut last = None;
+    for _ in 0..5 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(e) = last {
+        eprintln!("cri clean-up: remove {}: {e}", dir.display());
     }
 }
 

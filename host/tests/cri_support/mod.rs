@@ -49,7 +49,7 @@ use cri_client::{CriClient, PodSandboxConfig, PodSandboxMetadata, PodSandboxStat
 use serde_json::Value;
 
 use crate::common::tail;
-use cleanup::{detach_mounts_under, kill_leftovers, stop_child, sweep_dead_harnesses};
+use cleanup::{detach_mounts_under, kill_leftovers, remove_dir, stop_child, sweep_dead_harnesses};
 use spawn::{connect_when_ready, containerd_config, import_pause_image, spawn_in_namespaces};
 
 /// The sandbox image's name, as `pause-image.sh` tags it.
@@ -351,6 +351,10 @@ impl Drop for Containerd {
         stop_child(&mut self.child);
         kill_leftovers(&self.socket, Some(&self.cgroup_parent));
         detach_mounts_under(&self.dir);
+        // Kept after a failure, with containerd's log, for diagnosis.
+        if !std::thread::panicking() {
+            remove_dir(&self.dir);
+        }
     }
 }
 
