@@ -115,6 +115,40 @@ fn project_leftovers(project: &str) -> Vec<String> {
     left
 }
 
+/// Take down what a run of this test killed before its `Drop` ran left
+/// behind: a `<tmp>/ohno-test-<pid>-<tag>` environment whose process is
+/// gone (a live PID, even a reused one, is left alone). Only projects this
+/// test names, through the state devenv.sh recorded for them.
+fn sweep_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("ohno-test-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = entry.path().display().to_string();
+        let script = devenv_script().display().to_string();
+        let out = run(
+            Duration::from_secs(180),
+            "bash",
+            &[&script, "down", "--dir", &dir],
+        );
+        eprintln!(
+            "swept {dir} (its test process {pid} is gone): {}",
+            text(&out)
+        );
+    }
+}
+
 /// One environment of devenv.sh: a temporary directory and a compose project
 /// of this run. Dropping it takes it down (compose logs first if the test
 /// failed), so no exit path leaves it behind.
@@ -532,6 +566,7 @@ fn compose_cluster_serves_ohno_through_a_member_outage() {
         );
         return;
     }
+    sweep_dead_runs();
 
     // Another architecture fails before compose creates anything.
     let arch_dir = std::env::temp_dir().join(format!("ohno-test-{}-arch", std::process::id()));
