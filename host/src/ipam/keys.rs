@@ -7,6 +7,7 @@
 //! <prefix>/affinity/<node>/<pool>/<block>        index of a node's blocks (same txn as the claim)
 //! <prefix>/ips/<pool>/<block>/<ip>               owner of one address
 //! <prefix>/attachments/<network>/<cid>/<ifname>  one attachment and its addresses
+//! <prefix>/leases/<name>                         a lease (store::lease), e.g. node-cleanup
 //! ```
 //!
 //! `<block>` is the block's network and prefix joined by `-` (`10.85.4.0-26`,
@@ -47,6 +48,11 @@ impl Keys {
 
     pub fn affinities(&self, node: &str, pool: &str) -> String {
         format!("{}/affinity/{node}/{pool}/", self.prefix)
+    }
+
+    /// A lease: one agent of the cluster at a time does `name`'s work.
+    pub fn lease(&self, name: &str) -> String {
+        format!("{}/leases/{name}", self.prefix)
     }
 
     pub fn all_affinities(&self) -> String {

@@ -27,6 +27,7 @@ use self::view::{Absences, Clock, NodeView, OhnoNode};
 use super::metrics::Metrics;
 use crate::config::agent::{AgentConf, NodeCleanupConf};
 use crate::config::NetConf;
+use crate::ipam::keys::Keys;
 use crate::ipam::nodes;
 use crate::ipam::Allocator;
 use crate::store::lease::Lease;
@@ -37,21 +38,19 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// The longest pause between two attempts after an API or store error.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// The lease key under the network's prefix.
-pub fn lease_key(prefix: &str) -> String {
-    format!("{}/leases/node-cleanup", prefix.trim_end_matches('/'))
-}
+/// The lease's name under `<prefix>/leases/`.
+const LEASE: &str = "node-cleanup";
 
 /// The nodes Ohno knows: records (with `seen`) and nodes with affinities.
-fn ohno_nodes(kv: &dyn Kv, prefix: &str) -> crate::Result<Vec<OhnoNode>> {
-    let mut out: Vec<OhnoNode> = nodes::list(kv, prefix)?
+fn ohno_nodes(kv: &dyn Kv, keys: &Keys) -> crate::Result<Vec<OhnoNode>> {
+    let mut out: Vec<OhnoNode> = nodes::list(kv, keys.prefix())?
         .into_iter()
         .map(|r| OhnoNode {
             name: r.node,
             seen: Some(r.seen),
         })
         .collect();
-    let aff = format!("{}/affinity/", prefix.trim_end_matches('/'));
+    let aff = keys.all_affinities();
     for kv in kv.range(&aff, true)? {
         let Some(node) = kv.key[aff.len()..].split('/').next() else {
             continue;
@@ -77,7 +76,7 @@ struct Following {
 struct Cleanup {
     conf: NodeCleanupConf,
     network: NetConf,
-    prefix: String,
+    keys: Keys,
     kv: Arc<dyn Kv>,
     metrics: Arc<Metrics>,
     lease: Lease,
@@ -228,7 +227,7 @@ impl Cleanup {
         let Some(api) = self.api.as_ref() else {
             return;
         };
-        let known = match ohno_nodes(&*self.kv, &self.prefix) {
+        let known = match ohno_nodes(&*self.kv, &self.keys) {
             Ok(k) => k,
             Err(e) => return log::warn!("node clean-up: read nodes from the store: {e}"),
         };
@@ -293,24 +292,19 @@ pub fn start(
     };
     let network = conf.network.clone();
     let kv = crate::store::open(&network.ipam.store).map_err(|e| e.to_string())?;
-    let prefix = network
-        .ipam
-        .store
-        .prefix()
-        .trim_end_matches('/')
-        .to_string();
+    let keys = Keys::new(network.ipam.store.prefix());
     log::info!(
         "node clean-up: Nodes from {}, grace {} s, lease {} ({} s)",
         nc.api_server,
         nc.grace.as_secs(),
-        lease_key(&prefix),
+        keys.lease(LEASE),
         nc.lease.as_secs()
     );
     let mut cleanup = Cleanup {
-        lease: Lease::new(lease_key(&prefix), network.node.clone(), nc.lease),
+        lease: Lease::new(keys.lease(LEASE), network.node.clone(), nc.lease),
         conf: nc,
         network,
-        prefix,
+        keys,
         kv,
         metrics,
         api: None,
