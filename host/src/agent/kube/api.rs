@@ -202,26 +202,18 @@ pub struct Api {
 impl Api {
     /// Reads the CA now; the token is read for each request.
     pub fn new(conf: &NodeCleanupConf) -> Result<Api, ApiError> {
-        let authority = conf
+        let given = conf
             .api_server
             .strip_prefix("https://")
-            .ok_or_else(|| ApiError::Other(format!("{}: not https://", conf.api_server)))?
-            .to_string();
-        let host = match authority.rsplit_once(':') {
-            Some((h, p)) if p.parse::<u16>().is_ok() => h,
-            _ => authority.as_str(),
+            .ok_or_else(|| ApiError::Other(format!("{}: not https://", conf.api_server)))?;
+        // `host:port`, `[v6]:port`, or no port (443).
+        let (host, authority) = match given.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h, given.to_string()),
+            _ => (given, format!("{given}:443")),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| other(&format!("server name {host:?}"), e))?;
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            authority
-        } else {
-            format!("{authority}:443")
-        };
         let mut roots = RootCertStore::empty();
         let pem = crate::config::agent::read_capped("nodeCleanup.caFile", &conf.ca_file)
             .map_err(|e| ApiError::Other(e.to_string()))?;
